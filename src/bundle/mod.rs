@@ -1,0 +1,294 @@
+//! The model bundle: a directory written by `models/export.py`.
+//!
+//! `bundle.json` holds everything the runtime must not guess (image size,
+//! normalisation, token ids, generation defaults) and the sha256 of every
+//! file, so a truncated copy or a mixed-up file is caught at load time with a
+//! message that names it, instead of as garbage answers later.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Name of the manifest inside a bundle directory.
+pub const MANIFEST: &str = "bundle.json";
+/// The manifest format this build understands.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle directory {0} does not exist or is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid blipd manifest: {source}")]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: unsupported bundle format_version {found} (this blipd reads {expected}); re-export with the matching models/export.py")]
+    Version {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("bundle file {path} is missing")]
+    MissingFile { path: PathBuf },
+    #[error("bundle file {path} is corrupt: sha256 {actual}, manifest says {expected}")]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("bundle file {path} has {actual} bytes, manifest says {expected}")]
+    Size {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("manifest is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// How frames are turned into `pixel_values` (`BlipImageProcessor`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageSpec {
+    pub height: u32,
+    pub width: u32,
+    /// PIL filter name: `bicubic` or `bilinear`.
+    pub resample: String,
+    pub rescale_factor: f64,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VisionSpec {
+    pub file: String,
+    pub hidden_size: usize,
+    /// CLS + patches.
+    pub num_positions: usize,
+    pub patch_size: usize,
+    pub num_layers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QFormerSpec {
+    pub file: String,
+    pub tokenizer: String,
+    pub num_query_tokens: usize,
+    pub hidden_size: usize,
+    /// Width of the projected outputs (= the LLM's embedding width).
+    pub output_size: usize,
+    /// Longest instruction (in Q-Former tokens, with [CLS]/[SEP]) the graph accepts.
+    pub max_text_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LlmSpec {
+    pub file: String,
+    /// The LLM's Hugging Face tokenizer (prompt encoding, answer decoding).
+    pub tokenizer: String,
+    /// GGUF tensor type of the weights: f32, f16, q8_0, q4_k_m ...
+    pub weight_type: String,
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub bos_token_id: i32,
+    pub eos_token_ids: Vec<i32>,
+    pub add_bos: bool,
+    /// HF `clean_up_tokenization_spaces` of the LLM tokenizer.
+    pub clean_up_tokenization_spaces: bool,
+}
+
+/// Generation defaults from the checkpoint's `generation_config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GenerationSpec {
+    pub max_new_tokens: usize,
+    pub do_sample: bool,
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub repetition_penalty: f32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    /// Free-form description of the source checkpoint (hub id or path).
+    pub source: serde_json::Value,
+    /// Exporter name and versions of the tools that wrote the bundle.
+    pub exporter: serde_json::Value,
+    pub image: ImageSpec,
+    pub vision: VisionSpec,
+    pub qformer: QFormerSpec,
+    pub llm: LlmSpec,
+    pub generation: GenerationSpec,
+    /// sha256 and size of every file of the bundle, by relative path.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// A bundle directory with its parsed manifest.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Bundle {
+    /// Reads the manifest and checks it is self-consistent. Does not hash the
+    /// files: call [`Bundle::verify`] for that (done once at model load).
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, BundleError> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            return Err(BundleError::NotADirectory(dir));
+        }
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                BundleError::MissingFile { path: path.clone() }
+            } else {
+                BundleError::Io {
+                    path: path.clone(),
+                    source,
+                }
+            }
+        })?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|source| BundleError::Manifest {
+                path: path.clone(),
+                source,
+            })?;
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(BundleError::Version {
+                path,
+                found: manifest.format_version,
+                expected: FORMAT_VERSION,
+            });
+        }
+        let bundle = Self { dir, manifest };
+        bundle.check_consistency()?;
+        Ok(bundle)
+    }
+
+    fn check_consistency(&self) -> Result<(), BundleError> {
+        let m = &self.manifest;
+        let inconsistent = |msg: String| Err(BundleError::Inconsistent(msg));
+        for f in [
+            &m.vision.file,
+            &m.qformer.file,
+            &m.qformer.tokenizer,
+            &m.llm.file,
+            &m.llm.tokenizer,
+        ] {
+            if !m.files.contains_key(f) {
+                return inconsistent(format!("{f} is used but has no entry in \"files\""));
+            }
+        }
+        if m.image.width == 0 || m.image.height == 0 {
+            return inconsistent(format!(
+                "image size {}x{} is empty",
+                m.image.width, m.image.height
+            ));
+        }
+        if m.image.std.contains(&0.0) {
+            return inconsistent("image.std contains 0".into());
+        }
+        if m.qformer.num_query_tokens == 0 {
+            return inconsistent("qformer.num_query_tokens is 0".into());
+        }
+        if m.qformer.output_size != m.llm.hidden_size {
+            return inconsistent(format!(
+                "qformer.output_size {} != llm.hidden_size {}",
+                m.qformer.output_size, m.llm.hidden_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// Absolute path of a bundle file.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// Checks the size and sha256 of every file listed in the manifest.
+    pub fn verify(&self) -> Result<(), BundleError> {
+        for (name, entry) in &self.manifest.files {
+            let path = self.path(name);
+            let meta = std::fs::metadata(&path).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    BundleError::MissingFile { path: path.clone() }
+                } else {
+                    BundleError::Io {
+                        path: path.clone(),
+                        source,
+                    }
+                }
+            })?;
+            if meta.len() != entry.size {
+                return Err(BundleError::Size {
+                    path,
+                    expected: entry.size,
+                    actual: meta.len(),
+                });
+            }
+            let actual = sha256_file(&path)?;
+            if !actual.eq_ignore_ascii_case(&entry.sha256) {
+                return Err(BundleError::Checksum {
+                    path,
+                    expected: entry.sha256.clone(),
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the manifest after a file changed (used by `blipd quantize --bundle`).
+    pub fn write_manifest(&self) -> Result<(), BundleError> {
+        let path = self.dir.join(MANIFEST);
+        let text = serde_json::to_string_pretty(&self.manifest).map_err(|source| {
+            BundleError::Manifest {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        std::fs::write(&path, text + "\n").map_err(|source| BundleError::Io { path, source })
+    }
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String, BundleError> {
+    let io = |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}

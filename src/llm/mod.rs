@@ -1,0 +1,314 @@
+//! Language model stage: soft prompt + instruction -> answer tokens, in llama.cpp.
+//!
+//! The reference (`InstructBlipForConditionalGeneration.generate`) feeds the LLM
+//! `[Q projected query embeddings ; embed(BOS) ; embed(prompt tokens)]` at
+//! consecutive positions from 0 and decodes greedily. We do the same: one
+//! embeddings batch at positions `0..Q`, one token batch at `Q..`, then one
+//! token per step. Prompt tokenization and answer detokenization use the LLM's
+//! own Hugging Face tokenizer from the bundle, so the ids and text are the
+//! reference's, including its byte-fallback and special-token rules.
+
+pub mod ffi;
+
+use crate::bundle::{Bundle, GenerationSpec, LlmSpec};
+use ffi::{Context, ContextParams, LlamaError, Model, Sampler};
+pub use ffi::{ModelParams, SamplerParams};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokenizers::Tokenizer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error(transparent)]
+    Llama(#[from] LlamaError),
+    #[error("cannot load the LLM tokenizer {path}: {message}")]
+    Tokenizer { path: String, message: String },
+    #[error("tokenizing the prompt failed: {0}")]
+    Encode(String),
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt needs {needed} positions ({query} image + {prompt} text + 1 to answer) but the context holds {n_ctx}")]
+    PromptTooLong {
+        needed: usize,
+        query: usize,
+        prompt: usize,
+        n_ctx: usize,
+    },
+    #[error("the GGUF model has embedding width {gguf} but the manifest says {manifest}")]
+    WidthMismatch { gguf: usize, manifest: usize },
+    #[error("the GGUF vocabulary has {gguf} tokens but the tokenizer knows ids up to {tokenizer}")]
+    VocabMismatch { gguf: usize, tokenizer: usize },
+    #[error("soft prompt has {got} floats, expected a multiple of {n_embd}")]
+    SoftPrompt { got: usize, n_embd: usize },
+}
+
+/// Options chosen when the model is loaded (not per question).
+#[derive(Debug, Clone, Copy)]
+pub struct LlmOptions {
+    pub model: ModelParams,
+    /// Context length; 0 = the model's training context.
+    pub n_ctx: u32,
+    pub threads: i32,
+}
+
+impl Default for LlmOptions {
+    fn default() -> Self {
+        Self {
+            model: ModelParams::default(),
+            n_ctx: 0,
+            threads: default_threads(),
+        }
+    }
+}
+
+/// Threads for llama.cpp and tract when none are given: the available cores.
+pub fn default_threads() -> i32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as i32)
+        .unwrap_or(1)
+}
+
+/// How to pick tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerateParams {
+    pub max_new_tokens: usize,
+    /// `None` = greedy (the reference's default).
+    pub sampling: Option<SamplerParams>,
+}
+
+impl GenerateParams {
+    /// The bundle's defaults (from the checkpoint's `generation_config.json`).
+    pub fn from_spec(g: &GenerationSpec) -> Self {
+        Self {
+            max_new_tokens: g.max_new_tokens,
+            sampling: g.do_sample.then_some(SamplerParams {
+                temperature: g.temperature,
+                top_k: g.top_k,
+                top_p: g.top_p,
+                repeat_penalty: g.repetition_penalty,
+                seed: 0,
+            }),
+        }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Eos,
+    MaxTokens,
+    ContextFull,
+}
+
+/// A generated answer.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub stop: StopReason,
+    /// Soft prompt + instruction prefill.
+    pub prefill: Duration,
+    /// All decode steps after the first token.
+    pub decode: Duration,
+}
+
+/// The language model with its context; owned by one worker.
+pub struct Llm {
+    ctx: Context,
+    tokenizer: Tokenizer,
+    spec: LlmSpec,
+    image_token_id: Option<u32>,
+    eos: Vec<u32>,
+}
+
+impl Llm {
+    pub fn load(bundle: &Bundle, opts: &LlmOptions) -> Result<Self, LlmError> {
+        let spec = bundle.manifest.llm.clone();
+        let tok_path = bundle.path(&spec.tokenizer);
+        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| LlmError::Tokenizer {
+            path: tok_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let model = Arc::new(Model::load(&bundle.path(&spec.file), opts.model)?);
+        if model.n_embd() != spec.hidden_size {
+            return Err(LlmError::WidthMismatch {
+                gguf: model.n_embd(),
+                manifest: spec.hidden_size,
+            });
+        }
+        let tok_size = tokenizer.get_vocab_size(true);
+        if tok_size > model.n_vocab() {
+            return Err(LlmError::VocabMismatch {
+                gguf: model.n_vocab(),
+                tokenizer: tok_size,
+            });
+        }
+        let n_ctx = if opts.n_ctx == 0 {
+            model.n_ctx_train() as u32
+        } else {
+            opts.n_ctx
+        };
+        let ctx = Context::new(
+            model,
+            ContextParams {
+                n_ctx,
+                n_threads: opts.threads,
+            },
+        )?;
+        let image_token_id = tokenizer.token_to_id("<image>");
+        let eos = spec.eos_token_ids.iter().map(|&e| e as u32).collect();
+        Ok(Self {
+            ctx,
+            tokenizer,
+            spec,
+            image_token_id,
+            eos,
+        })
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.ctx.n_ctx() as usize
+    }
+
+    pub fn n_embd(&self) -> usize {
+        self.spec.hidden_size
+    }
+
+    pub fn description(&self) -> String {
+        self.ctx.model().description()
+    }
+
+    pub fn set_threads(&mut self, n: i32) {
+        self.ctx.set_threads(n);
+    }
+
+    /// `BOS + tokens(prompt)`, exactly as the reference's LLaMA tokenizer.
+    pub fn tokenize(&self, prompt: &str) -> Result<Vec<u32>, LlmError> {
+        if prompt.trim().is_empty() {
+            return Err(LlmError::EmptyPrompt);
+        }
+        let enc = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| LlmError::Encode(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Checks that `query_positions + prompt + 1` fits the context.
+    pub fn check_fits(&self, query_positions: usize, prompt_tokens: usize) -> Result<(), LlmError> {
+        let needed = query_positions + prompt_tokens + 1;
+        if needed > self.n_ctx() {
+            return Err(LlmError::PromptTooLong {
+                needed,
+                query: query_positions,
+                prompt: prompt_tokens,
+                n_ctx: self.n_ctx(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Answer text of `tokens` as `tokenizer.decode(tokens, skip_special_tokens=True)`.
+    pub fn detokenize(&self, tokens: &[u32]) -> String {
+        let mut text = self.tokenizer.decode(tokens, true).unwrap_or_default();
+        if self.spec.clean_up_tokenization_spaces {
+            text = clean_up_tokenization(&text);
+        }
+        text
+    }
+
+    /// Generates the answer for one soft prompt (`Q * n_embd` floats) and the
+    /// instruction's token ids (with BOS). `on_token` sees each new token id.
+    pub fn generate(
+        &mut self,
+        soft_prompt: &[f32],
+        prompt_ids: &[u32],
+        params: &GenerateParams,
+        mut on_token: impl FnMut(u32),
+    ) -> Result<Generation, LlmError> {
+        let n_embd = self.n_embd();
+        if soft_prompt.is_empty() || !soft_prompt.len().is_multiple_of(n_embd) {
+            return Err(LlmError::SoftPrompt {
+                got: soft_prompt.len(),
+                n_embd,
+            });
+        }
+        let n_query = soft_prompt.len() / n_embd;
+        self.check_fits(n_query, prompt_ids.len())?;
+        let ids: Vec<i32> = prompt_ids.iter().map(|&t| t as i32).collect();
+
+        let t0 = Instant::now();
+        self.ctx.clear();
+        self.ctx.decode_embeddings(soft_prompt, 0)?;
+        self.ctx.decode_tokens(&ids, n_query as i32)?;
+        let mut pos = (n_query + ids.len()) as i32;
+
+        let mut sampler = match params.sampling {
+            None => Sampler::greedy(),
+            Some(p) => {
+                let mut s = Sampler::sampling(p, self.ctx.model().n_vocab(), self.n_ctx());
+                // transformers' repetition penalty covers the whole input:
+                // the image placeholders and the prompt.
+                if let Some(img) = self.image_token_id {
+                    s.accept(&vec![img as i32; n_query]);
+                }
+                s.accept(&ids);
+                s
+            }
+        };
+
+        let mut tokens = Vec::with_capacity(params.max_new_tokens);
+        let mut stop = StopReason::MaxTokens;
+        let mut prefill = Duration::ZERO;
+        let mut decode_start = None;
+        while tokens.len() < params.max_new_tokens {
+            let next = sampler.sample(&mut self.ctx);
+            if prefill.is_zero() {
+                prefill = t0.elapsed();
+                decode_start = Some(Instant::now());
+            }
+            let next_u = next as u32;
+            if self.eos.contains(&next_u) || self.ctx.model().is_eog(next) {
+                stop = StopReason::Eos;
+                break;
+            }
+            tokens.push(next_u);
+            on_token(next_u);
+            if tokens.len() == params.max_new_tokens {
+                break;
+            }
+            if pos as usize >= self.n_ctx() {
+                stop = StopReason::ContextFull;
+                break;
+            }
+            self.ctx.decode_tokens(&[next], pos)?;
+            pos += 1;
+        }
+        let decode = decode_start.map(|s| s.elapsed()).unwrap_or_default();
+        let text = self.detokenize(&tokens);
+        Ok(Generation {
+            tokens,
+            text,
+            prompt_tokens: ids.len(),
+            stop,
+            prefill,
+            decode,
+        })
+    }
+}
+
+/// transformers' `clean_up_tokenization` (used when the tokenizer asks for it).
+fn clean_up_tokenization(s: &str) -> String {
+    s.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
+}

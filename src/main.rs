@@ -1,0 +1,248 @@
+//! `blipd` command line: parses arguments and starts things; the work lives in the library.
+
+use anyhow::{bail, Context, Result};
+use blipd::llm::{ffi, SamplerParams};
+use blipd::{Pipeline, PipelineOptions};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "blipd",
+    version,
+    about = "InstructBLIP vision-language daemon: camera frames in, answers out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "blipd=debug,llama.cpp=info".
+    #[arg(long, global = true, env = "BLIPD_LOG", default_value = "warn")]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one instruction about an image file.
+    Ask(AskArgs),
+    /// Quantize a GGUF file, or a whole bundle's LLM, with llama.cpp's quantizer.
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Args)]
+struct AskArgs {
+    /// Bundle directory written by models/export.py [default: $BLIPD_MODEL, else the
+    /// tiny test bundle of the source tree].
+    #[arg(long, env = "BLIPD_MODEL")]
+    model: Option<PathBuf>,
+    /// Image file (PNG, JPEG, BMP, WebP).
+    #[arg(long)]
+    image: PathBuf,
+    /// The instruction, e.g. "Is the garage door open?".
+    instruction: String,
+    /// Most tokens to generate [default: the bundle's generation config].
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Sample with this temperature instead of greedy decoding.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Top-k for sampling (0 = off).
+    #[arg(long, default_value_t = 0)]
+    top_k: i32,
+    /// Top-p (nucleus) for sampling.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Repetition penalty as in transformers (1.0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// Threads for every stage [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print JSON with token ids and per-stage timings.
+    #[arg(long)]
+    json: bool,
+    /// Skip the sha256 check of the bundle files at load.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// Input GGUF file, or bundle directory.
+    input: PathBuf,
+    /// Output GGUF file, or bundle directory (a copy of the input bundle with the quantized LLM).
+    output: PathBuf,
+    /// Target type: q4_k_m, q8_0, q5_k_m, q6_k, q4_0, f16, ...
+    #[arg(value_name = "TYPE")]
+    kind: String,
+    /// Threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Ask(a) => ask(a),
+        Command::Quantize(q) => quantize(q),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("blipd: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Plain text when not on a terminal (journald, pipes): no colour codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The tiny bundle of the source tree: what `blipd ask` uses with no model configured.
+fn default_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-a")
+}
+
+fn ask(a: AskArgs) -> Result<()> {
+    let model = a.model.clone().unwrap_or_else(default_model);
+    let mut opts = PipelineOptions {
+        verify_checksums: !a.no_verify,
+        ..Default::default()
+    };
+    if let Some(t) = a.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        opts.threads = t;
+        opts.llm.threads = t as i32;
+    }
+    let mut pipeline = Pipeline::load(&model, &opts)
+        .with_context(|| format!("loading bundle {}", model.display()))?;
+    let mut params = pipeline.default_params();
+    if let Some(n) = a.max_tokens {
+        params.max_new_tokens = n;
+    }
+    if let Some(t) = a.temperature {
+        params.sampling = Some(sampler_params(&a, t)?);
+    }
+    let img = blipd::preprocess::load_rgb(&a.image)?;
+    let answer = pipeline.ask(&img, &a.instruction, &params)?;
+    if a.json {
+        let out = serde_json::json!({
+            "answer": answer.text,
+            "tokens": answer.tokens,
+            "prompt_tokens": answer.prompt_tokens,
+            "stop": answer.stop,
+            "model": model.display().to_string(),
+            "timings": {
+                "load_ms": pipeline.load_time().as_secs_f64() * 1e3,
+                "preprocess_ms": answer.timings.preprocess_ms,
+                "vision_ms": answer.timings.vision_ms,
+                "qformer_ms": answer.timings.qformer_ms,
+                "prefill_ms": answer.timings.prefill_ms,
+                "decode_ms": answer.timings.decode_ms,
+                "decode_tokens_per_s": answer.timings.decode_tokens_per_s,
+                "total_ms": answer.timings.total_ms,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{}", answer.text);
+    }
+    Ok(())
+}
+
+fn sampler_params(a: &AskArgs, temperature: f32) -> Result<SamplerParams> {
+    if !(temperature > 0.0 && temperature.is_finite()) {
+        bail!("--temperature must be > 0 (omit it for greedy decoding)");
+    }
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1]");
+    }
+    if a.top_k < 0 {
+        bail!("--top-k must be >= 0");
+    }
+    if !(a.repeat_penalty > 0.0 && a.repeat_penalty.is_finite()) {
+        bail!("--repeat-penalty must be > 0");
+    }
+    Ok(SamplerParams {
+        temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repeat_penalty: a.repeat_penalty,
+        seed: a.seed,
+    })
+}
+
+fn quantize(q: QuantizeArgs) -> Result<()> {
+    let kind = q.kind.to_ascii_lowercase();
+    let Some(&(_, ftype)) = ffi::QUANT_TYPES.iter().find(|(n, _)| *n == kind) else {
+        let names: Vec<_> = ffi::QUANT_TYPES.iter().map(|(n, _)| *n).collect();
+        bail!(
+            "unknown type {}; choose one of {}",
+            q.kind,
+            names.join(", ")
+        );
+    };
+    let threads = q.threads.unwrap_or(0) as i32;
+    if q.input.is_dir() {
+        return quantize_bundle(&q.input, &q.output, &kind, ftype, threads);
+    }
+    if !q.input.is_file() {
+        bail!("{} does not exist", q.input.display());
+    }
+    ffi::quantize(&q.input, &q.output, ftype, threads)?;
+    eprintln!("wrote {}", q.output.display());
+    Ok(())
+}
+
+/// Copies a bundle to `out` with its LLM quantized and the manifest updated.
+fn quantize_bundle(input: &Path, out: &Path, kind: &str, ftype: u32, threads: i32) -> Result<()> {
+    use blipd::bundle::{sha256_file, Bundle, FileEntry};
+    let src = Bundle::open(input)?;
+    src.verify()?;
+    if out.exists() {
+        bail!("{} already exists", out.display());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut manifest = src.manifest.clone();
+    let llm_file = manifest.llm.file.clone();
+    for name in manifest.files.keys() {
+        if *name != llm_file {
+            std::fs::copy(src.path(name), out.join(name))
+                .with_context(|| format!("copying {name}"))?;
+        }
+    }
+    let new_llm = "llm.gguf".to_string();
+    ffi::quantize(&src.path(&llm_file), &out.join(&new_llm), ftype, threads)?;
+    manifest.files.remove(&llm_file);
+    let path = out.join(&new_llm);
+    manifest.files.insert(
+        new_llm.clone(),
+        FileEntry {
+            sha256: sha256_file(&path)?,
+            size: std::fs::metadata(&path)?.len(),
+        },
+    );
+    manifest.llm.file = new_llm;
+    manifest.llm.weight_type = kind.to_string();
+    let dst = Bundle {
+        dir: out.to_path_buf(),
+        manifest,
+    };
+    dst.write_manifest()?;
+    eprintln!("wrote bundle {} ({kind})", out.display());
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Drives the real `blipd` binary: `ask` and `quantize`.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn blipd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_blipd"))
+}
+
+#[test]
+fn ask_json_reports_tokens_and_stage_timings() {
+    let g = golden("tiny-b");
+    let case = g.cases.iter().find(|c| c.image == "porch.jpg").unwrap();
+    let out = blipd()
+        .args(["ask", "--json", "--threads", "2", "--model"])
+        .arg(bundle_dir("tiny-b"))
+        .arg("--image")
+        .arg(image_path(&case.image))
+        .arg(&case.prompt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
+    assert_eq!(tokens, case.tokens);
+    assert_eq!(v["answer"].as_str().unwrap(), case.text);
+    for key in [
+        "load_ms",
+        "preprocess_ms",
+        "vision_ms",
+        "qformer_ms",
+        "prefill_ms",
+        "decode_ms",
+        "decode_tokens_per_s",
+        "total_ms",
+    ] {
+        let t = v["timings"][key].as_f64().unwrap_or(-1.0);
+        assert!(t.is_finite() && t >= 0.0, "{key} = {t}");
+    }
+    assert!(v["timings"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn ask_plain_prints_the_answer_and_honours_max_tokens() {
+    let g = golden("tiny-a");
+    let case = &g.cases[0];
+    let out = blipd()
+        .args(["ask", "--max-tokens", "5", "--json", "--model"])
+        .arg(bundle_dir("tiny-a"))
+        .arg("--image")
+        .arg(image_path(&case.image))
+        .arg(&case.prompt)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
+    assert_eq!(tokens, case.tokens[..5]);
+    assert_eq!(v["stop"], "max_tokens");
+
+    let out = blipd()
+        .args(["ask", "--model"])
+        .arg(bundle_dir("tiny-a"))
+        .arg("--image")
+        .arg(image_path(&case.image))
+        .arg(&case.prompt)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{}\n", case.text)
+    );
+}
+
+#[test]
+fn ask_errors_are_specific_and_exit_nonzero() {
+    let run = |args: &[&str]| {
+        let out = blipd().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let model = bundle_dir("tiny-a");
+    let model = model.to_str().unwrap();
+    let img = image_path("garage.png");
+    let img = img.to_str().unwrap();
+    let e = run(&["ask", "--model", model, "--image", "/nope.png", "hi"]);
+    assert!(e.contains("/nope.png"), "{e}");
+    let e = run(&["ask", "--model", "/nope", "--image", img, "hi"]);
+    assert!(e.contains("/nope"), "{e}");
+    let e = run(&["ask", "--model", model, "--image", img, "  "]);
+    assert!(e.contains("empty"), "{e}");
+    let e = run(&[
+        "ask",
+        "--model",
+        model,
+        "--image",
+        img,
+        "--temperature",
+        "0",
+        "hi",
+    ]);
+    assert!(
+        e.contains("--temperature") && !e.contains("panicked"),
+        "{e}"
+    );
+}
+
+#[test]
+fn quantized_bundle_loads_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_bundle = dir.path().join("tiny-a-q8_0");
+    let st = blipd()
+        .arg("quantize")
+        .arg(bundle_dir("tiny-a"))
+        .arg(&out_bundle)
+        .arg("q8_0")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_bundle.join("bundle.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["llm"]["weight_type"], "q8_0");
+    let f32_size = std::fs::metadata(bundle_dir("tiny-a").join("llm.gguf"))
+        .unwrap()
+        .len();
+    let q_size = std::fs::metadata(out_bundle.join("llm.gguf"))
+        .unwrap()
+        .len();
+    assert!(q_size * 2 < f32_size, "q8_0 {q_size} vs f32 {f32_size}");
+
+    // Loads (checksums of the rewritten manifest verified) and answers.
+    let g = golden("tiny-a");
+    let mut agree = 0;
+    let mut total = 0;
+    let mut p = blipd::Pipeline::load(&out_bundle, &Default::default()).unwrap();
+    let params = blipd::llm::GenerateParams {
+        max_new_tokens: g.max_new_tokens,
+        sampling: None,
+    };
+    for case in &g.cases {
+        let img = blipd::preprocess::load_rgb(&image_path(&case.image)).unwrap();
+        let a = p.ask(&img, &case.prompt, &params).unwrap();
+        assert!(!a.tokens.is_empty());
+        agree += a
+            .tokens
+            .iter()
+            .zip(&case.tokens)
+            .take_while(|(x, y)| x == y)
+            .count();
+        total += case.tokens.len();
+    }
+    eprintln!("q8_0 vs f32 reference: {agree}/{total} leading greedy tokens agree");
+
+    // A plain GGUF -> GGUF quantization works too.
+    let gguf = dir.path().join("q4.gguf");
+    let st = blipd()
+        .arg("quantize")
+        .arg(bundle_dir("tiny-b").join("llm.gguf"))
+        .arg(&gguf)
+        .arg("q4_0")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(gguf.is_file());
+}
+
+#[test]
+fn quantize_rejects_unknown_types_and_existing_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = blipd()
+        .arg("quantize")
+        .arg(bundle_dir("tiny-a"))
+        .arg(dir.path().join("x"))
+        .arg("q3_bogus")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("q4_k_m"));
+    let out = blipd()
+        .arg("quantize")
+        .arg(bundle_dir("tiny-a"))
+        .arg(dir.path())
+        .arg("q8_0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+}

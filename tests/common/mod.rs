@@ -1,0 +1,75 @@
+//! Shared helpers for the integration tests: fixture paths and the goldens
+//! recorded by `models/make_tiny.py` from Hugging Face transformers.
+#![allow(dead_code)]
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub const PRESETS: &[&str] = &["tiny-a", "tiny-b"];
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn bundle_dir(preset: &str) -> PathBuf {
+    fixtures().join(preset)
+}
+
+pub fn image_path(name: &str) -> PathBuf {
+    fixtures().join("images").join(name)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GoldenImage {
+    pub pixel_values_shape: Vec<usize>,
+    pub pixel_values: Vec<f32>,
+    pub vision_shape: Vec<usize>,
+    pub vision: Vec<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GoldenCase {
+    pub image: String,
+    pub prompt: String,
+    pub qformer_input_ids: Vec<i64>,
+    pub llm_input_ids: Vec<u32>,
+    pub qformer_shape: Vec<usize>,
+    pub qformer: Vec<f32>,
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub min_logit_margin: f64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Golden {
+    pub preset: String,
+    pub num_query_tokens: usize,
+    pub max_new_tokens: usize,
+    pub images: BTreeMap<String, GoldenImage>,
+    pub cases: Vec<GoldenCase>,
+}
+
+pub fn golden(preset: &str) -> Golden {
+    let path = fixtures().join("goldens").join(format!("{preset}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
+/// Copies a bundle directory into a fresh temp dir (for tests that damage it).
+pub fn copy_bundle(preset: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(bundle_dir(preset)).expect("read bundle") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy");
+    }
+    dir
+}
