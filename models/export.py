@@ -217,6 +217,22 @@ def onnx_export(module, args, path: Path, input_names, output_names, dynamic_sha
             external_data=True,
             verbose=False,
         )
+    strip_local_paths(path)
+
+
+def strip_local_paths(path: Path) -> None:
+    """Drops the exporter's per-node Python stack traces: they hold absolute
+    paths of this checkout and venv, which made bundles differ by location."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graphs = [model.graph] + [f for f in model.functions]
+    for g in graphs:
+        for node in g.node:
+            keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+    onnx.save(model, str(path))
 
 
 def check_onnx(path: Path, feeds: dict, expected) -> float:
