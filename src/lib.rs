@@ -4,13 +4,19 @@
 //! [`preprocess`] (frame -> pixel_values) -> [`vision`] (image features) ->
 //! [`qformer`] (instruction-aware soft prompt) -> [`llm`] (answer, llama.cpp).
 //! [`pipeline`] wires them; [`bundle`] reads the exported model directory.
+//! The daemon: [`camera`] (frames in), [`mqtt`] (questions in, answers out),
+//! [`serve`] (worker, queue, wiring), [`config`].
 
 pub mod bundle;
+pub mod camera;
+pub mod config;
 pub mod graph;
 pub mod llm;
+pub mod mqtt;
 pub mod pipeline;
 pub mod preprocess;
 pub mod qformer;
+pub mod serve;
 pub mod vision;
 
 pub use pipeline::{Answer, Pipeline, PipelineError, PipelineOptions, StageTimings};

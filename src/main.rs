@@ -22,8 +22,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Answer one instruction about an image file.
+    /// Answer one instruction about an image file, or ask a running daemon (--mqtt).
     Ask(AskArgs),
+    /// Run the daemon: cameras in, questions and answers over MQTT.
+    Serve(ServeArgs),
+    /// Validate a config file and print it with every default filled in.
+    CheckConfig(CheckConfigArgs),
     /// Quantize a GGUF file, or a whole bundle's LLM, with llama.cpp's quantizer.
     Quantize(QuantizeArgs),
 }
@@ -34,9 +38,27 @@ struct AskArgs {
     /// tiny test bundle of the source tree].
     #[arg(long, env = "BLIPD_MODEL")]
     model: Option<PathBuf>,
-    /// Image file (PNG, JPEG, BMP, WebP).
+    /// Image file (PNG, JPEG, BMP, WebP), answered locally.
+    #[arg(long, required_unless_present = "mqtt", conflicts_with = "mqtt")]
+    image: Option<PathBuf>,
+    /// Ask the daemon behind this broker instead (mqtt://host:port).
     #[arg(long)]
-    image: PathBuf,
+    mqtt: Option<String>,
+    /// Device id of the daemon to ask (with --mqtt) [default: this host's name].
+    #[arg(long, requires = "mqtt")]
+    device: Option<String>,
+    /// Camera to ask about (with --mqtt) [default: the daemon's default camera].
+    #[arg(long, requires = "mqtt")]
+    camera: Option<String>,
+    /// Print the answer as it is generated (with --mqtt).
+    #[arg(long, requires = "mqtt")]
+    stream: bool,
+    /// Topic prefix of the daemon (with --mqtt).
+    #[arg(long, default_value = "blipd", requires = "mqtt")]
+    topic_prefix: String,
+    /// Seconds to wait for the answer (with --mqtt).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
     /// The instruction, e.g. "Is the garage door open?".
     instruction: String,
     /// Most tokens to generate [default: the bundle's generation config].
@@ -69,6 +91,19 @@ struct AskArgs {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    /// TOML config file [default: zero-config: embedded broker, test-pattern camera, tiny bundle].
+    #[arg(long, env = "BLIPD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CheckConfigArgs {
+    /// The TOML config file to check.
+    file: PathBuf,
+}
+
+#[derive(Args)]
 struct QuantizeArgs {
     /// Input GGUF file, or bundle directory.
     input: PathBuf,
@@ -86,7 +121,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
     let result = match cli.command {
+        Command::Ask(a) if a.mqtt.is_some() => ask_remote(a),
         Command::Ask(a) => ask(a),
+        Command::Serve(s) => serve(s),
+        Command::CheckConfig(c) => check_config(c),
         Command::Quantize(q) => quantize(q),
     };
     match result {
@@ -110,13 +148,11 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-/// The tiny bundle of the source tree: what `blipd ask` uses with no model configured.
-fn default_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-a")
-}
-
 fn ask(a: AskArgs) -> Result<()> {
-    let model = a.model.clone().unwrap_or_else(default_model);
+    let model = a
+        .model
+        .clone()
+        .unwrap_or_else(blipd::bundle::default_bundle_dir);
     let mut opts = PipelineOptions {
         verify_checksums: !a.no_verify,
         ..Default::default()
@@ -137,7 +173,11 @@ fn ask(a: AskArgs) -> Result<()> {
     if let Some(t) = a.temperature {
         params.sampling = Some(sampler_params(&a, t)?);
     }
-    let img = blipd::preprocess::load_rgb(&a.image)?;
+    let image = a
+        .image
+        .as_deref()
+        .context("--image is required without --mqtt")?;
+    let img = blipd::preprocess::load_rgb(image)?;
     let answer = pipeline.ask(&img, &a.instruction, &params)?;
     if a.json {
         let out = serde_json::json!({
@@ -161,6 +201,72 @@ fn ask(a: AskArgs) -> Result<()> {
     } else {
         println!("{}", answer.text);
     }
+    Ok(())
+}
+
+fn ask_remote(a: AskArgs) -> Result<()> {
+    use blipd::mqtt::{ask, wire::Request};
+    use std::io::Write;
+    let url = a.mqtt.clone().context("--mqtt")?;
+    if let Some(t) = a.temperature {
+        sampler_params(&a, t)?;
+    }
+    let device_id = a
+        .device
+        .clone()
+        .unwrap_or_else(|| blipd::config::Config::default().device_id());
+    let request = Request {
+        id: None,
+        camera: a.camera.clone(),
+        prompt: a.instruction.clone(),
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_p: a.temperature.map(|_| a.top_p),
+        top_k: a.temperature.map(|_| a.top_k),
+        seed: a.temperature.map(|_| a.seed),
+        stream: a.stream,
+        response_topic: None,
+    };
+    let remote = ask::RemoteAsk {
+        url,
+        topic_prefix: a.topic_prefix.clone(),
+        device_id,
+        request,
+        timeout: std::time::Duration::from_secs(a.timeout),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let streamed = a.stream && !a.json;
+    let answer = rt.block_on(ask::ask(remote, |chunk| {
+        if streamed {
+            print!("{chunk}");
+            let _ = std::io::stdout().flush();
+        }
+    }))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else if streamed {
+        println!();
+    } else {
+        println!("{}", answer.answer);
+    }
+    Ok(())
+}
+
+fn serve(s: ServeArgs) -> Result<()> {
+    let cfg = match &s.config {
+        Some(path) => blipd::config::Config::load(path)?,
+        None => blipd::config::Config::zero_config(),
+    };
+    blipd::serve::serve(cfg, || {})?;
+    Ok(())
+}
+
+fn check_config(c: CheckConfigArgs) -> Result<()> {
+    let cfg = blipd::config::Config::load(&c.file)?;
+    println!("{}", toml::to_string_pretty(&cfg)?);
+    eprintln!("{}: ok", c.file.display());
     Ok(())
 }
 

@@ -270,6 +270,13 @@ impl Bundle {
     }
 }
 
+/// The bundle used when none is configured: the tiny test bundle of the
+/// source tree (random weights: it exercises every stage, its answers are
+/// not meant to be read).
+pub fn default_bundle_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-a")
+}
+
 /// Hex sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<String, BundleError> {
     let io = |source| BundleError::Io {

@@ -117,7 +117,7 @@ pub struct Generation {
 /// The language model with its context; owned by one worker.
 pub struct Llm {
     ctx: Context,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     spec: LlmSpec,
     image_token_id: Option<u32>,
     eos: Vec<u32>,
@@ -161,7 +161,7 @@ impl Llm {
         let eos = spec.eos_token_ids.iter().map(|&e| e as u32).collect();
         Ok(Self {
             ctx,
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             spec,
             image_token_id,
             eos,
@@ -212,11 +212,16 @@ impl Llm {
 
     /// Answer text of `tokens` as `tokenizer.decode(tokens, skip_special_tokens=True)`.
     pub fn detokenize(&self, tokens: &[u32]) -> String {
-        let mut text = self.tokenizer.decode(tokens, true).unwrap_or_default();
-        if self.spec.clean_up_tokenization_spaces {
-            text = clean_up_tokenization(&text);
+        self.detokenizer().decode(tokens)
+    }
+
+    /// A cheap handle that decodes token ids to text independently of the
+    /// model (for streaming while the model is busy generating).
+    pub fn detokenizer(&self) -> Detokenizer {
+        Detokenizer {
+            tokenizer: self.tokenizer.clone(),
+            clean_up: self.spec.clean_up_tokenization_spaces,
         }
-        text
     }
 
     /// Generates the answer for one soft prompt (`Q * n_embd` floats) and the
@@ -296,6 +301,41 @@ impl Llm {
             prefill,
             decode,
         })
+    }
+}
+
+/// Decodes token ids exactly as the reference's tokenizer does.
+#[derive(Clone)]
+pub struct Detokenizer {
+    tokenizer: Arc<Tokenizer>,
+    clean_up: bool,
+}
+
+impl Detokenizer {
+    /// A byte-fallback token (`<0x0A>`). A run of them is decoded as one
+    /// byte string, so its text can change when the next byte arrives.
+    pub fn is_byte_token(&self, id: u32) -> bool {
+        self.tokenizer
+            .id_to_token(id)
+            .is_some_and(|t| t.len() == 6 && t.starts_with("<0x") && t.ends_with('>'))
+    }
+
+    /// Length of the prefix of `tokens` whose decoded text is final: up to
+    /// the last token that is not a byte-fallback token.
+    pub fn stable_prefix(&self, tokens: &[u32]) -> usize {
+        tokens
+            .iter()
+            .rposition(|&t| !self.is_byte_token(t))
+            .map_or(0, |i| i + 1)
+    }
+
+    pub fn decode(&self, tokens: &[u32]) -> String {
+        let text = self.tokenizer.decode(tokens, true).unwrap_or_default();
+        if self.clean_up {
+            clean_up_tokenization(&text)
+        } else {
+            text
+        }
     }
 }
 

@@ -1,0 +1,129 @@
+//! Client mode: `blipd ask --mqtt URL` sends one request to a running daemon
+//! and waits for its (streamed) answer, using MQTT 5 request/response
+//! (response topic + correlation data).
+
+use super::wire::{AnswerReply, ErrorReply, Request, StreamChunk};
+use crate::config::{BrokerUrl, MqttConfig};
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{0}")]
+    Url(String),
+    #[error("MQTT: {0}")]
+    Connection(String),
+    #[error("no answer within {0:?} (is the daemon running and subscribed to {1}?)")]
+    Timeout(Duration, String),
+    #[error("the daemon answered with error {code}: {message}")]
+    Refused { code: String, message: String },
+}
+
+/// What to ask.
+#[derive(Debug, Clone)]
+pub struct RemoteAsk {
+    pub url: String,
+    pub topic_prefix: String,
+    pub device_id: String,
+    pub request: Request,
+    pub timeout: Duration,
+}
+
+/// Sends the request and returns the final answer; `on_chunk` sees streamed text.
+pub async fn ask(r: RemoteAsk, mut on_chunk: impl FnMut(&str)) -> Result<AnswerReply, RemoteError> {
+    let url = BrokerUrl::parse(&r.url).map_err(RemoteError::Url)?;
+    if url.tls {
+        return Err(RemoteError::Url(
+            "client mode speaks plain mqtt:// only; use mosquitto_pub/sub for TLS brokers".into(),
+        ));
+    }
+    let nonce = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let mut opts = MqttOptions::new(format!("blipd-ask-{nonce}"), url.host, url.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(Some(super::MAX_INCOMING_PACKET));
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    let cfg = MqttConfig {
+        topic_prefix: r.topic_prefix.clone(),
+        ..Default::default()
+    };
+    let topics = super::Topics::new(&cfg, &r.device_id);
+    let reply_topic = format!("{}/client/{nonce}", topics.answer_prefix);
+    let correlation = nonce.clone().into_bytes();
+    let payload = serde_json::to_vec(&r.request).map_err(|e| RemoteError::Url(e.to_string()))?;
+
+    let conn = |e: rumqttc::v5::ClientError| RemoteError::Connection(e.to_string());
+    client
+        .subscribe(reply_topic.clone(), QoS::AtLeastOnce)
+        .await
+        .map_err(conn)?;
+    let run = async {
+        let mut sent = false;
+        loop {
+            let ev = eventloop
+                .poll()
+                .await
+                .map_err(|e| RemoteError::Connection(e.to_string()))?;
+            match ev {
+                Event::Incoming(Packet::SubAck(_)) if !sent => {
+                    sent = true;
+                    let props = PublishProperties {
+                        response_topic: Some(reply_topic.clone()),
+                        correlation_data: Some(correlation.clone().into()),
+                        content_type: Some("application/json".into()),
+                        ..Default::default()
+                    };
+                    client
+                        .publish_with_properties(
+                            topics.ask.clone(),
+                            QoS::AtLeastOnce,
+                            false,
+                            payload.clone(),
+                            props,
+                        )
+                        .await
+                        .map_err(conn)?;
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    let ours = p
+                        .properties
+                        .as_ref()
+                        .and_then(|pr| pr.correlation_data.as_ref())
+                        .is_some_and(|c| c.as_ref() == correlation.as_slice());
+                    if !ours {
+                        continue;
+                    }
+                    if let Ok(a) = serde_json::from_slice::<AnswerReply>(&p.payload) {
+                        let _ = client.disconnect().await;
+                        return Ok(a);
+                    }
+                    if let Ok(e) = serde_json::from_slice::<ErrorReply>(&p.payload) {
+                        let code = serde_json::to_value(e.error.code)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        return Err(RemoteError::Refused {
+                            code,
+                            message: e.error.message,
+                        });
+                    }
+                    if let Ok(c) = serde_json::from_slice::<StreamChunk>(&p.payload) {
+                        on_chunk(&c.text);
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(r.timeout, run)
+        .await
+        .map_err(|_| RemoteError::Timeout(r.timeout, topics.ask.clone()))?
+}

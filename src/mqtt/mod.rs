@@ -1,0 +1,152 @@
+//! MQTT: the wire format ([`wire`]), the topic layout ([`Topics`]) and the
+//! daemon's session ([`session`]): one task owns the rumqttc event loop and
+//! polls it, turning publishes into jobs and worker results into publishes.
+
+pub mod ask;
+pub mod session;
+pub mod wire;
+
+use crate::config::{BrokerUrl, MqttConfig};
+use rumqttc::v5::mqttbytes::v5::LastWill;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::MqttOptions;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("mqtt.url: {0}")]
+    Url(String),
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Every topic the daemon uses, derived once from the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// Where clients send requests.
+    pub ask: String,
+    /// What the daemon subscribes to (`ask`, or `$share/<group>/<ask>`).
+    pub subscribe: String,
+    /// Retained `online` / `offline` (the Last Will).
+    pub status: String,
+    /// Retained JSON: version, model, cameras, limits.
+    pub info: String,
+    /// Answers to requests without a response topic: `<answer_prefix>/<id>`.
+    pub answer_prefix: String,
+}
+
+impl Topics {
+    pub fn new(cfg: &MqttConfig, device_id: &str) -> Self {
+        let base = format!("{}/{}", cfg.topic_prefix, device_id);
+        let ask = cfg
+            .ask_topic
+            .clone()
+            .unwrap_or_else(|| format!("{base}/ask"));
+        let subscribe = match &cfg.share_group {
+            Some(g) => format!("$share/{g}/{ask}"),
+            None => ask.clone(),
+        };
+        Self {
+            ask,
+            subscribe,
+            status: format!("{base}/status"),
+            info: format!("{base}/info"),
+            answer_prefix: format!("{base}/answer"),
+        }
+    }
+
+    pub fn answer(&self, id: &str) -> String {
+        // An id is a single topic level in the answer topic.
+        let level: String = id
+            .chars()
+            .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
+            .collect();
+        format!("{}/{}", self.answer_prefix, level)
+    }
+}
+
+/// Largest packet the daemon accepts from the broker. Requests bigger than
+/// the configured payload limit but under this get a `limit_exceeded`
+/// reply; without this headroom rumqttc would drop the connection instead.
+pub const MAX_INCOMING_PACKET: u32 = 1 << 20;
+
+/// Connection options: persistent session, manual acks, Last Will.
+pub fn options(
+    cfg: &MqttConfig,
+    client_id: &str,
+    topics: &Topics,
+) -> Result<MqttOptions, MqttError> {
+    let url = cfg
+        .url
+        .as_deref()
+        .ok_or_else(|| MqttError::Url("no broker URL".into()))?;
+    let url = BrokerUrl::parse(url).map_err(MqttError::Url)?;
+    let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
+    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs));
+    // Requests must survive a daemon restart: the broker keeps the session
+    // and the unacknowledged requests under this client id.
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(cfg.session_expiry_secs));
+    o.set_manual_acks(true);
+    o.set_max_packet_size(Some(MAX_INCOMING_PACKET));
+    o.set_last_will(LastWill::new(
+        topics.status.clone(),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+        None,
+    ));
+    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+        o.set_credentials(u.clone(), p.clone());
+    } else if let Some(u) = &cfg.username {
+        o.set_credentials(u.clone(), "");
+    }
+    if url.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| MqttError::ReadFile {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let ca = match &cfg.ca_file {
+            Some(p) => read(p)?,
+            None => {
+                return Err(MqttError::Url(
+                    "mqtts:// needs mqtt.ca_file (the CA that signed the broker's certificate)"
+                        .into(),
+                ))
+            }
+        };
+        let client_auth = match (&cfg.cert_file, &cfg.key_file) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        // rumqttc leaves the crypto provider to the application.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        o.set_transport(rumqttc::Transport::tls(ca, client_auth, None));
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_layout() {
+        let mut cfg = MqttConfig::default();
+        let t = Topics::new(&cfg, "garage");
+        assert_eq!(t.ask, "blipd/garage/ask");
+        assert_eq!(t.subscribe, "blipd/garage/ask");
+        assert_eq!(t.status, "blipd/garage/status");
+        assert_eq!(t.answer("q/1#"), "blipd/garage/answer/q_1_");
+        cfg.share_group = Some("fleet".into());
+        cfg.ask_topic = Some("blipd/fleet/ask".into());
+        let t = Topics::new(&cfg, "garage");
+        assert_eq!(t.subscribe, "$share/fleet/blipd/fleet/ask");
+    }
+}

@@ -1,0 +1,172 @@
+//! `blipd serve`: wires cameras, the inference worker and the MQTT session.
+//!
+//! Threads: one per camera (capture), one inference worker (owns the model),
+//! and a small tokio runtime for the MQTT session. Expensive set-up (model
+//! load, graph optimisation) happens once, before the broker connection.
+
+pub mod broker;
+pub mod dedupe;
+pub mod worker;
+
+use crate::bundle::default_bundle_dir;
+use crate::camera::Camera;
+use crate::config::Config;
+use crate::llm::LlmOptions;
+use crate::mqtt::session::{Session, SessionConfig};
+use crate::mqtt::{self, Topics};
+use crate::{Pipeline, PipelineError, PipelineOptions};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("loading the model: {0}")]
+    Model(#[from] PipelineError),
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttError),
+    #[error("embedded broker: {0}")]
+    Broker(String),
+    #[error("starting the runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. `on_ready` is called once the model
+/// is loaded and the broker connection is up (systemd readiness).
+pub fn serve(cfg: Config, on_ready: impl FnMut() + Send) -> Result<(), ServeError> {
+    let device_id = cfg.device_id();
+    let mut mqtt_cfg = cfg.mqtt.clone();
+    let _broker = if mqtt_cfg.url.is_none() {
+        let b = broker::start_or_reuse(&mqtt_cfg.embedded_listen).map_err(ServeError::Broker)?;
+        mqtt_cfg.url = Some(b.url.clone());
+        Some(b)
+    } else {
+        None
+    };
+
+    let model_dir = cfg.model.clone().unwrap_or_else(default_bundle_dir);
+    let threads = cfg
+        .threads
+        .unwrap_or_else(|| crate::llm::default_threads() as usize);
+    let opts = PipelineOptions {
+        threads,
+        llm: LlmOptions {
+            threads: threads as i32,
+            n_ctx: cfg.n_ctx,
+            ..Default::default()
+        },
+        verify_checksums: true,
+    };
+    let pipeline = Pipeline::load(&model_dir, &opts)?;
+    let model_name = model_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| model_dir.display().to_string());
+    let default_params = pipeline.default_params();
+    let llm_desc = pipeline.llm().description();
+
+    let cameras: HashMap<String, Camera> = cfg
+        .cameras
+        .iter()
+        .map(|c| (c.name.clone(), Camera::spawn(c.clone())))
+        .collect();
+    let camera_names: HashSet<String> = cameras.keys().cloned().collect();
+    let camera_info: Vec<_> = cfg
+        .cameras
+        .iter()
+        .map(|c| serde_json::json!({"name": c.name, "source": c.source}))
+        .collect();
+    let cameras = Arc::new(cameras);
+
+    let topics = Topics::new(&mqtt_cfg, &device_id);
+    let info = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "device_id": device_id,
+        "model": {"name": model_name, "llm": llm_desc, "path": model_dir.display().to_string()},
+        "cameras": camera_info,
+        "default_camera": cfg.default_camera(),
+        "limits": cfg.limits,
+        "topics": {"ask": topics.ask, "answer": format!("{}/{{id}}", topics.answer_prefix), "status": topics.status},
+        "started": mqtt::wire::rfc3339(std::time::SystemTime::now()),
+    })
+    .to_string();
+
+    let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (queue, worker) = worker::spawn(
+        pipeline,
+        cameras.clone(),
+        model_name,
+        cfg.limits.queue,
+        ev_tx,
+    );
+    let client_id = mqtt_cfg
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("blipd-{device_id}"));
+    let options = mqtt::options(&mqtt_cfg, &client_id, &topics)?;
+    let dedupe = dedupe::Dedupe::new(cfg.limits.remember_answered, cfg.state_dir.clone());
+    let session_cfg = SessionConfig {
+        topics: topics.clone(),
+        limits: cfg.limits.clone(),
+        default_camera: cfg.default_camera().to_string(),
+        cameras: camera_names,
+        default_params,
+        info,
+        shutdown_grace: Duration::from_secs(30),
+    };
+    tracing::info!(
+        device_id,
+        client_id,
+        broker = mqtt_cfg.url.as_deref().unwrap_or_default(),
+        ask = %topics.subscribe,
+        "serving"
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut on_ready = on_ready;
+    let mut ready_sent = false;
+    rt.block_on(async move {
+        let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, 1024);
+        let session = Session::new(client, session_cfg, queue, dedupe);
+        session
+            .run(eventloop, ev_rx, shutdown_signal(), || {
+                if !ready_sent {
+                    ready_sent = true;
+                    on_ready();
+                }
+            })
+            .await
+    });
+    // The session dropped the queue: the worker ends after its job in hand.
+    // If that job outlived the grace period, exit anyway: its request is
+    // unacknowledged and the broker redelivers it at the next start.
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while !worker.is_finished() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if worker.is_finished() {
+        let _ = worker.join();
+    }
+    drop(cameras);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}

@@ -1,0 +1,350 @@
+//! Test harness for `blipd serve`: a real mosquitto broker on a free loopback
+//! port, the real daemon binary, and MQTT clients (rumqttc v5 and v3.1.1).
+#![allow(dead_code)]
+
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16, up: bool, within: Duration) {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        let ok = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        if ok == up {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "port {port} did not become {}",
+        if up { "open" } else { "closed" }
+    );
+}
+
+fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id -un");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A mosquitto broker with persistence in a temp dir.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 10000\nlog_dest file {}/log\nuser {}\n",
+                self.port,
+                self.dir.path().display(),
+                self.dir.path().display(),
+                // mosquitto started as root drops to user "mosquitto", which
+                // cannot write the temp dir's persistence file: stay as is.
+                current_user()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (scripts/deps.sh)");
+        self.child = Some(child);
+        wait_port(self.port, true, Duration::from_secs(10));
+    }
+
+    /// Stops the broker (SIGTERM: it saves its persistence file) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+        wait_port(self.port, false, Duration::from_secs(10));
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The blipd daemon as a child process.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `blipd serve` with `config` (TOML) and waits until it is online.
+    pub fn start(config: &str, status_port: u16, device: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blipd.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = dir.path().join("blipd.log");
+        let mut d = Self {
+            child: None,
+            config: path,
+            log,
+            _dir: dir,
+        };
+        d.spawn(status_port, device);
+        d
+    }
+
+    pub fn spawn(&mut self, status_port: u16, device: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_blipd"))
+            .args(["--log", "info,rumqttd=warn", "serve", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_online(status_port, device, Duration::from_secs(30));
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits for the retained `online` status of `device`.
+pub fn wait_online(port: u16, device: &str, within: Duration) {
+    let c = Client::connect(port, &format!("probe-{}", free_port()), true);
+    c.subscribe(&format!("blipd/{device}/status"));
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if let Some(m) = c.next(Duration::from_millis(200)) {
+            if m.payload == b"online" {
+                return;
+            }
+        }
+    }
+    panic!("daemon {device} did not come online");
+}
+
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub correlation: Option<Vec<u8>>,
+    pub retain: bool,
+}
+
+impl Msg {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: {:?}",
+                self.topic,
+                String::from_utf8_lossy(&self.payload)
+            )
+        })
+    }
+}
+
+/// An MQTT 5 test client (rumqttc), messages collected on a channel.
+pub struct Client {
+    client: rumqttc::v5::Client,
+    rx: Receiver<Msg>,
+}
+
+impl Client {
+    /// `clean`: false = persistent session (answers queued while away are delivered).
+    pub fn connect(port: u16, id: &str, clean: bool) -> Self {
+        let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_start(clean);
+        if !clean {
+            o.set_session_expiry_interval(Some(3600));
+        }
+        o.set_max_packet_size(Some(1 << 20));
+        o.set_keep_alive(Duration::from_secs(5));
+        let (client, mut conn) = rumqttc::v5::Client::new(o, 1000);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(rumqttc::v5::Event::Incoming(Packet::Publish(p))) => {
+                        let msg = Msg {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload.to_vec(),
+                            correlation: p
+                                .properties
+                                .and_then(|pr| pr.correlation_data)
+                                .map(|b| b.to_vec()),
+                            retain: p.retain,
+                        };
+                        if tx.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        Self { client, rx }
+    }
+
+    pub fn subscribe(&self, filter: &str) {
+        self.client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+        // Let the SUBACK happen before publishing requests.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .unwrap();
+    }
+
+    pub fn publish_v5(
+        &self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        response: &str,
+        correlation: &[u8],
+    ) {
+        let props = PublishProperties {
+            response_topic: Some(response.into()),
+            correlation_data: Some(correlation.to_vec().into()),
+            ..Default::default()
+        };
+        self.client
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload.into(), props)
+            .unwrap();
+    }
+
+    pub fn next(&self, within: Duration) -> Option<Msg> {
+        match self.rx.recv_timeout(within) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Collects messages until `done` says so or `within` passes.
+    pub fn collect_until(
+        &self,
+        within: Duration,
+        mut done: impl FnMut(&[Msg]) -> bool,
+    ) -> Vec<Msg> {
+        let until = Instant::now() + within;
+        let mut out = Vec::new();
+        while Instant::now() < until && !done(&out) {
+            if let Some(m) = self.next(Duration::from_millis(100)) {
+                out.push(m);
+            }
+        }
+        out
+    }
+}
+
+/// mosquitto_pub as an MQTT 3.1.1 client.
+pub fn mosquitto_pub_v311(port: u16, topic: &str, payload: &str) {
+    let st = Command::new("mosquitto_pub")
+        .args(["-V", "mqttv311", "-q", "1", "-h", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(["-t", topic, "-m", payload])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// mosquitto_sub as an MQTT 3.1.1 client: returns the first `count` messages.
+pub fn mosquitto_sub_v311(port: u16, topic: &str, count: usize, secs: u32) -> std::process::Child {
+    Command::new("mosquitto_sub")
+        .args(["-V", "mqttv311", "-q", "1", "-h", "127.0.0.1", "-v", "-p"])
+        .arg(port.to_string())
+        .args(["-t", topic, "-C"])
+        .arg(count.to_string())
+        .args(["-W"])
+        .arg(secs.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+pub fn fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(p)
+}
+
+/// The answers and errors of a set of messages, by request id.
+pub fn replies_by_id(msgs: &[Msg]) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
+    let mut m: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+    for msg in msgs {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&msg.payload) else {
+            continue;
+        };
+        if v.get("answer").is_some() || v.get("error").is_some() {
+            if let Some(id) = v["id"].as_str() {
+                m.entry(id.to_string()).or_default().push(v);
+            }
+        }
+    }
+    m
+}

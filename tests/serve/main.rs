@@ -1,0 +1,524 @@
+//! `blipd serve` end to end, against a real mosquitto broker: round trips
+//! (MQTT 5 and 3.1.1), streaming, bad input, overload, broker restart,
+//! daemon crash, a camera that disappears, a shared-subscription fleet and
+//! the zero-config embedded broker.
+
+mod harness;
+
+use harness::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const GARAGE_PROMPT: &str = "What is in the picture?";
+
+fn config(port: u16, device: &str, garage: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+device_id = "{device}"
+threads = 1
+model = "{model}"
+{extra}
+
+[[camera]]
+name = "garage"
+type = "file"
+path = "{garage}"
+fps = 10
+
+[[camera]]
+name = "pattern"
+type = "test_pattern"
+width = 64
+height = 48
+fps = 10
+
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+"#,
+        model = fixture("tiny-a").display(),
+        garage = garage.display(),
+    )
+}
+
+/// The reference answer for the garage picture (goldens from transformers).
+fn golden_garage() -> (String, usize) {
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("goldens/tiny-a.json")).unwrap())
+            .unwrap();
+    let case = g["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["image"] == "garage.png" && c["prompt"] == GARAGE_PROMPT)
+        .unwrap();
+    (
+        case["text"].as_str().unwrap().to_string(),
+        case["tokens"].as_array().unwrap().len(),
+    )
+}
+
+#[test]
+fn round_trip_v5_response_topic_and_v311() {
+    let broker = Mosquitto::start();
+    let _d = Daemon::start(
+        &config(broker.port, "rt", &fixture("images/garage.png"), ""),
+        broker.port,
+        "rt",
+    );
+    let c = Client::connect(broker.port, "rt-client", true);
+    c.subscribe("reply/rt");
+    c.subscribe("blipd/rt/info");
+    let req = format!(r#"{{"id":"v5-1","camera":"garage","prompt":"{GARAGE_PROMPT}"}}"#);
+    c.publish_v5("blipd/rt/ask", req, "reply/rt", b"corr-42");
+    let msgs = c.collect_until(Duration::from_secs(20), |m| {
+        m.iter().any(|m| m.topic == "reply/rt")
+    });
+    let info = msgs
+        .iter()
+        .find(|m| m.topic == "blipd/rt/info")
+        .expect("retained info");
+    assert!(info.retain);
+    assert_eq!(info.json()["model"]["name"], "tiny-a");
+    let reply = msgs
+        .iter()
+        .find(|m| m.topic == "reply/rt")
+        .expect("answer on the response topic");
+    assert_eq!(reply.correlation.as_deref(), Some(&b"corr-42"[..]));
+    let v = reply.json();
+    let (text, n) = golden_garage();
+    assert_eq!(v["id"], "v5-1");
+    assert_eq!(v["camera"], "garage");
+    assert_eq!(
+        v["answer"],
+        text.as_str(),
+        "same answer as the reference on the same frame"
+    );
+    assert_eq!(v["tokens"], n);
+    assert!(v["frame_time"].as_str().unwrap().ends_with('Z'));
+    assert!(v["timings"]["total_ms"].as_f64().unwrap() > 0.0);
+
+    // MQTT 3.1.1: no properties; the answer goes to blipd/<device>/answer/<id>.
+    let sub = mosquitto_sub_v311(broker.port, "blipd/rt/answer/v3-1", 1, 20);
+    std::thread::sleep(Duration::from_millis(300));
+    mosquitto_pub_v311(
+        broker.port,
+        "blipd/rt/ask",
+        &format!(r#"{{"id":"v3-1","prompt":"{GARAGE_PROMPT}"}}"#),
+    );
+    let out = sub.wait_with_output().unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let json = line.split_once(' ').expect("topic payload").1;
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["answer"], text.as_str());
+    assert_eq!(v["camera"], "garage", "default camera is the first one");
+}
+
+#[test]
+fn streaming_chunks_then_final_answer() {
+    let broker = Mosquitto::start();
+    let _d = Daemon::start(
+        &config(broker.port, "st", &fixture("images/garage.png"), ""),
+        broker.port,
+        "st",
+    );
+    let c = Client::connect(broker.port, "st-client", true);
+    c.subscribe("blipd/st/answer/s1");
+    c.publish(
+        "blipd/st/ask",
+        r#"{"id":"s1","camera":"pattern","prompt":"Is the garage door open or closed? Answer yes or no.","stream":true,"max_tokens":30}"#,
+    );
+    let msgs = c.collect_until(Duration::from_secs(20), |m| {
+        m.iter().any(|m| m.json().get("answer").is_some())
+    });
+    let mut text = String::new();
+    let mut seqs = Vec::new();
+    let mut final_answer = None;
+    for m in &msgs {
+        let v = m.json();
+        if let Some(a) = v.get("answer") {
+            final_answer = Some(a.as_str().unwrap().to_string());
+        } else {
+            assert!(final_answer.is_none(), "chunk after the final answer");
+            seqs.push(v["seq"].as_u64().unwrap());
+            text.push_str(v["text"].as_str().unwrap());
+        }
+    }
+    assert!(!seqs.is_empty(), "no chunks");
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "chunks in order"
+    );
+    assert_eq!(final_answer.expect("final answer"), text);
+}
+
+#[test]
+fn bad_input_gets_error_codes_and_the_daemon_keeps_serving() {
+    let broker = Mosquitto::start();
+    let cfg = config(
+        broker.port,
+        "bad",
+        &fixture("images/garage.png"),
+        "[limits]\nmax_payload_bytes = 2048\nmax_tokens = 64",
+    );
+    let _d = Daemon::start(&cfg, broker.port, "bad");
+    let c = Client::connect(broker.port, "bad-client", true);
+    c.subscribe("blipd/bad/answer/#");
+    let big = format!(r#"{{"id":"big","prompt":"{}"}}"#, "x".repeat(4000));
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "malformed",
+            r#"{"id":"malformed","prompt":"hi""#.to_string(),
+        ),
+        ("wrongtype", r#"{"id":"wrongtype","prompt":42}"#.to_string()),
+        (
+            "cam",
+            r#"{"id":"cam","camera":"attic","prompt":"hi"}"#.to_string(),
+        ),
+        ("empty", r#"{"id":"empty","prompt":"   "}"#.to_string()),
+        ("big", big),
+        (
+            "absurd",
+            r#"{"id":"absurd","prompt":"hi","max_tokens":1000000}"#.to_string(),
+        ),
+        (
+            "temp",
+            r#"{"id":"temp","prompt":"hi","temperature":-1}"#.to_string(),
+        ),
+        (
+            "good",
+            format!(r#"{{"id":"good","prompt":"{GARAGE_PROMPT}"}}"#),
+        ),
+    ];
+    for (_, payload) in &cases {
+        c.publish("blipd/bad/ask", payload.clone());
+    }
+    let msgs = c.collect_until(Duration::from_secs(20), |m| m.len() >= cases.len());
+    let by_id = replies_by_id(&msgs);
+    let code = |id: &str| by_id[id][0]["error"]["code"].as_str().unwrap().to_string();
+    assert_eq!(code("wrongtype"), "bad_request");
+    assert_eq!(code("cam"), "unknown_camera");
+    assert_eq!(code("empty"), "empty_prompt");
+    assert_eq!(code("absurd"), "limit_exceeded");
+    assert_eq!(code("temp"), "limit_exceeded");
+    // Unparsable JSON and an oversized payload have no readable id: their
+    // errors go to generated ids.
+    let generated: Vec<_> = by_id
+        .iter()
+        .filter(|(k, _)| k.starts_with("auto-"))
+        .map(|(_, v)| v[0]["error"]["code"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        generated.contains(&"bad_request".to_string()),
+        "{generated:?}"
+    );
+    assert!(
+        generated.contains(&"limit_exceeded".to_string()),
+        "{generated:?}"
+    );
+    assert_eq!(by_id["good"][0]["answer"], golden_garage().0.as_str());
+    assert!(by_id.values().all(|v| v.len() == 1), "one reply each");
+}
+
+#[test]
+fn overload_gets_busy_and_every_accepted_request_one_answer() {
+    let broker = Mosquitto::start();
+    let cfg = config(
+        broker.port,
+        "ovl",
+        &fixture("images/garage.png"),
+        "[limits]\nqueue = 2",
+    );
+    let _d = Daemon::start(&cfg, broker.port, "ovl");
+    let c = Client::connect(broker.port, "ovl-client", true);
+    c.subscribe("blipd/ovl/answer/#");
+    let n = 60;
+    for i in 0..n {
+        c.publish(
+            "blipd/ovl/ask",
+            format!(r#"{{"id":"o{i}","camera":"pattern","prompt":"Please look very carefully at this camera picture and describe every object","max_tokens":40}}"#),
+        );
+    }
+    let msgs = c.collect_until(Duration::from_secs(60), |m| replies_by_id(m).len() >= n);
+    let by_id = replies_by_id(&msgs);
+    let busy = by_id
+        .values()
+        .filter(|v| v[0]["error"]["code"] == "busy")
+        .count();
+    let answered = by_id
+        .values()
+        .filter(|v| v[0].get("answer").is_some())
+        .count();
+    let dups = by_id.values().filter(|v| v.len() > 1).count();
+    eprintln!(
+        "overload: sent {n}, answered {answered}, busy {busy}, duplicates {dups}, lost {}",
+        n - by_id.len()
+    );
+    assert_eq!(by_id.len(), n, "every request got a reply");
+    assert_eq!(dups, 0);
+    assert_eq!(answered + busy, n);
+    assert!(busy > 0, "a queue of 2 must overflow under a burst of {n}");
+    assert!(answered >= 3);
+}
+
+#[test]
+fn broker_restart_mid_stream_loses_nothing() {
+    let mut broker = Mosquitto::start();
+    let cfg = config(
+        broker.port,
+        "brk",
+        &fixture("images/garage.png"),
+        "[limits]\nqueue = 64",
+    );
+    let _d = Daemon::start(&cfg, broker.port, "brk");
+    let c = Client::connect(broker.port, "brk-client", false);
+    c.subscribe("blipd/brk/answer/#");
+    let n = 40;
+    for i in 0..n / 2 {
+        c.publish(
+            "blipd/brk/ask",
+            format!(r#"{{"id":"b{i}","camera":"pattern","prompt":"What is in the picture?"}}"#),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    broker.restart();
+    for i in n / 2..n {
+        c.publish(
+            "blipd/brk/ask",
+            format!(r#"{{"id":"b{i}","camera":"pattern","prompt":"What is in the picture?"}}"#),
+        );
+    }
+    let msgs = c.collect_until(Duration::from_secs(90), |m| replies_by_id(m).len() >= n);
+    let by_id = replies_by_id(&msgs);
+    let dups = by_id.values().filter(|v| v.len() > 1).count();
+    let errors = by_id
+        .values()
+        .filter(|v| v[0].get("error").is_some())
+        .count();
+    if by_id.len() != n || errors > 0 {
+        eprintln!("{}", _d.log_text());
+        eprintln!(
+            "{:?}",
+            by_id
+                .values()
+                .filter(|v| v[0].get("error").is_some())
+                .collect::<Vec<_>>()
+        );
+    }
+    eprintln!(
+        "broker restart: sent {n}, answered {}, errors {errors}, duplicates {dups}, lost {}",
+        by_id.len() - errors,
+        n - by_id.len()
+    );
+    assert_eq!(
+        by_id.len(),
+        n,
+        "lost requests: {:?}",
+        (0..n)
+            .map(|i| format!("b{i}"))
+            .filter(|k| !by_id.contains_key(k))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(dups, 0);
+    assert_eq!(errors, 0);
+}
+
+#[test]
+fn daemon_killed_while_answering_answers_after_restart_exactly_once() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cfg = config(
+        broker.port,
+        "crash",
+        &fixture("images/garage.png"),
+        &format!("state_dir = \"{}\"\n[limits]\nqueue = 64", state.display()),
+    );
+    let mut d = Daemon::start(&cfg, broker.port, "crash");
+    let c = Client::connect(broker.port, "crash-client", false);
+    c.subscribe("blipd/crash/answer/#");
+    let n = 30;
+    for i in 0..n {
+        c.publish(
+            "blipd/crash/ask",
+            format!(r#"{{"id":"k{i}","camera":"pattern","prompt":"Please look very carefully at this camera picture","max_tokens":60}}"#),
+        );
+    }
+    // Kill -9 as soon as the first answers are out, with the rest queued or in hand.
+    let mut first = c.collect_until(Duration::from_secs(20), |m| !replies_by_id(m).is_empty());
+    d.kill9();
+    // Answers the dead process had already handed to the broker.
+    first.extend(c.collect_until(Duration::from_millis(500), |_| false));
+    let before = replies_by_id(&first).len();
+    assert!(
+        before < n,
+        "the daemon finished everything before the kill; test is not meaningful"
+    );
+    d.spawn(broker.port, "crash");
+    let rest = c.collect_until(Duration::from_secs(90), |m| {
+        let mut all = first.clone();
+        all.extend_from_slice(m);
+        replies_by_id(&all).len() >= n
+    });
+    let answered_before: std::collections::BTreeSet<_> =
+        replies_by_id(&first).into_keys().collect();
+    let mut all = first;
+    all.extend(rest);
+    // Wait a little for any duplicate that would still arrive.
+    all.extend(c.collect_until(Duration::from_secs(2), |_| false));
+    let by_id = replies_by_id(&all);
+    // Two *different* answers to one request would be a second answer.
+    let second_answers: BTreeMap<_, _> = by_id
+        .iter()
+        .filter(|(_, v)| v.iter().any(|a| a != &v[0]))
+        .collect();
+    // An identical copy is MQTT's at-least-once redelivery of the stored
+    // reply: possible only for a request whose answer was already out when
+    // the process died, before the broker's acknowledgement reached it.
+    // (Requests queued or in hand at the kill must be answered exactly once.)
+    let copies: Vec<_> = by_id
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| k.clone())
+        .collect();
+    eprintln!(
+        "daemon crash: sent {n}, answered before kill {before}, answered in all {}, second answers {}, identical redelivered copies {} {copies:?}, lost {}",
+        by_id.len(),
+        second_answers.len(),
+        copies.len(),
+        n - by_id.len()
+    );
+    assert_eq!(by_id.len(), n, "every request answered after the restart");
+    assert!(
+        second_answers.is_empty(),
+        "answered twice: {second_answers:?}"
+    );
+    assert!(
+        copies.iter().all(|k| answered_before.contains(k)),
+        "only answers the killed process had published may be copied: {copies:?}"
+    );
+    assert!(by_id.values().all(|v| v[0].get("answer").is_some()));
+}
+
+#[test]
+fn camera_disappears_and_recovers_others_keep_working() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("garage.png");
+    std::fs::copy(fixture("images/garage.png"), &img).unwrap();
+    let _d = Daemon::start(&config(broker.port, "cam", &img, ""), broker.port, "cam");
+    let c = Client::connect(broker.port, "cam-client", true);
+    c.subscribe("blipd/cam/answer/#");
+    let ask = |id: &str, cam: &str| {
+        c.publish(
+            "blipd/cam/ask",
+            format!(r#"{{"id":"{id}","camera":"{cam}","prompt":"hi","max_tokens":4}}"#),
+        );
+        let m = c.collect_until(Duration::from_secs(20), |m| {
+            replies_by_id(m).contains_key(id)
+        });
+        replies_by_id(&m)[id][0].clone()
+    };
+    assert!(ask("a1", "garage").get("answer").is_some());
+    std::fs::remove_file(&img).unwrap();
+    // The file camera notices within a few of its ticks and its staleness bound.
+    let mut unavailable = None;
+    for i in 0..30 {
+        let v = ask(&format!("gone{i}"), "garage");
+        if v["error"]["code"] == "camera_unavailable" {
+            unavailable = Some(v);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let v = unavailable.expect("camera_unavailable after the file was removed");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("garage"),
+        "{v}"
+    );
+    assert!(
+        ask("p1", "pattern").get("answer").is_some(),
+        "other cameras keep working"
+    );
+    std::fs::copy(fixture("images/garage.png"), &img).unwrap();
+    let mut back = false;
+    for i in 0..30 {
+        if ask(&format!("back{i}"), "garage").get("answer").is_some() {
+            back = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(back, "camera recovered when the file returned");
+}
+
+#[test]
+fn shared_subscription_fleet_answers_each_request_once() {
+    let broker = Mosquitto::start();
+    let fleet = |device: &str| {
+        config(
+            broker.port,
+            device,
+            &fixture("images/garage.png"),
+            "[limits]\nqueue = 64",
+        )
+        .replace(
+            "[mqtt]\n",
+            "[mqtt]\nshare_group = \"fleet\"\nask_topic = \"blipd/fleet/ask\"\n",
+        )
+    };
+    let _a = Daemon::start(&fleet("f1"), broker.port, "f1");
+    let _b = Daemon::start(&fleet("f2"), broker.port, "f2");
+    let c = Client::connect(broker.port, "fleet-client", true);
+    c.subscribe("fleet/replies");
+    let n = 24;
+    for i in 0..n {
+        c.publish(
+            "blipd/fleet/ask",
+            format!(r#"{{"id":"f{i}","camera":"pattern","prompt":"hi","max_tokens":4,"response_topic":"fleet/replies"}}"#),
+        );
+    }
+    let msgs = c.collect_until(Duration::from_secs(30), |m| replies_by_id(m).len() >= n);
+    let by_id = replies_by_id(&msgs);
+    assert_eq!(by_id.len(), n);
+    assert!(
+        by_id.values().all(|v| v.len() == 1),
+        "each answered exactly once"
+    );
+    // Which board answered shows in each daemon's log; both must take a share.
+    let answered_by = |d: &Daemon| {
+        let log = d.log_text();
+        log.matches(" answered id=").count() + log.matches("request refused").count()
+    };
+    let (na, nb) = (answered_by(&_a), answered_by(&_b));
+    eprintln!("shared subscription: f1 answered {na}, f2 answered {nb}");
+
+    assert_eq!(na + nb, n);
+    assert!(na > 0 && nb > 0, "the broker split the requests");
+}
+
+#[test]
+fn zero_config_embedded_broker_round_trip() {
+    let port = free_port();
+    let cfg = format!(
+        "device_id = \"zero\"\nthreads = 1\n[mqtt]\nembedded_listen = \"127.0.0.1:{port}\"\n"
+    );
+    // The embedded broker takes `port` (MQTT 3.1.1) and `port + 1` (MQTT 5).
+    let v5_port = port + 1;
+    let _d = Daemon::start(&cfg, v5_port, "zero");
+    let sub = mosquitto_sub_v311(port, "blipd/zero/answer/z1", 1, 30);
+    std::thread::sleep(Duration::from_millis(300));
+    mosquitto_pub_v311(
+        port,
+        "blipd/zero/ask",
+        r#"{"id":"z1","prompt":"What do you see?","max_tokens":5}"#,
+    );
+    let out = sub.wait_with_output().unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let (_, json) = line
+        .split_once(' ')
+        .expect("an answer from the zero-config daemon");
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["camera"], "test");
+    assert_eq!(v["tokens"], 5);
+}
