@@ -4,8 +4,6 @@
 
 PYTHON ?= python3
 VENV := .venv
-IMAGE ?= tests/fixtures/images/garage.png
-PROMPT ?= What is in the picture?
 
 .PHONY: run test deps build venv check fixtures
 
@@ -15,9 +13,11 @@ deps:
 build: deps
 	cargo build --release
 
-# Builds blipd and answers a question with the embedded defaults (the tiny test bundle).
+# Builds blipd, starts the daemon on its embedded defaults (embedded broker,
+# test-pattern camera, tiny test bundle), asks it one question over MQTT and
+# keeps serving until Ctrl-C.
 run: build
-	./target/release/blipd ask --json --image "$(IMAGE)" "$(PROMPT)"
+	scripts/run.sh
 
 $(VENV)/.stamp: models/requirements.txt
 	$(PYTHON) -m venv $(VENV)

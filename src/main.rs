@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "blipd=debug,llama.cpp=info".
-    #[arg(long, global = true, env = "BLIPD_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "blipd=debug,llama.cpp=info"
+    /// [default: "info,rumqttd=warn" for serve, "warn" otherwise].
+    #[arg(long, global = true, env = "BLIPD_LOG")]
+    log: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -119,7 +120,11 @@ struct QuantizeArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    let default_log = match cli.command {
+        Command::Serve(_) => "info,rumqttd=warn",
+        _ => "warn",
+    };
+    init_logging(cli.log.as_deref().unwrap_or(default_log));
     let result = match cli.command {
         Command::Ask(a) if a.mqtt.is_some() => ask_remote(a),
         Command::Ask(a) => ask(a),

@@ -194,3 +194,34 @@ fn quantize_rejects_unknown_types_and_existing_outputs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 }
+
+#[test]
+fn check_config_accepts_the_example_and_names_bad_keys() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/blipd.toml");
+    let out = blipd().arg("check-config").arg(&example).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        printed.contains("garage-pi") && printed.contains("v4l2"),
+        "{printed}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[limits]\nqueue = 0\n").unwrap();
+    let out = blipd().arg("check-config").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.queue"));
+    std::fs::write(
+        &bad,
+        "[[camera]]\nname = \"x\"\ntype = \"file\"\nfsp = 3\npath = \"/a\"\n",
+    )
+    .unwrap();
+    let out = blipd().arg("check-config").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fsp"));
+}

@@ -357,7 +357,7 @@ impl Session {
                 let request = self.in_progress.remove(&key).flatten();
                 let payload = match &result {
                     Ok(answer) => {
-                        tracing::info!(id = %answer.id, tokens = answer.tokens, total_ms = answer.timings.total_ms as u64, "answered");
+                        tracing::debug!(id = %answer.id, tokens = answer.tokens, total_ms = answer.timings.total_ms as u64, "answered");
                         serde_json::to_string(answer)
                     }
                     Err(err) => serde_json::to_string(err),
@@ -626,7 +626,7 @@ impl Session {
         code: ErrorCode,
         message: String,
     ) {
-        tracing::info!(id, ?code, %message, "request refused");
+        tracing::debug!(id, ?code, %message, "request refused");
         let mut e = ErrorReply::new(id, code, message);
         e.camera = camera;
         self.reply_json(

@@ -98,7 +98,7 @@ pub fn serve(cfg: Config, on_ready: impl FnMut() + Send) -> Result<(), ServeErro
         model_name,
         cfg.limits.queue,
         ev_tx,
-    );
+    )?;
     let client_id = mqtt_cfg
         .client_id
         .clone()

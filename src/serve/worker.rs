@@ -83,7 +83,7 @@ pub fn spawn(
     model_name: String,
     queue_len: usize,
     events: UnboundedSender<WorkerEvent>,
-) -> (Queue, std::thread::JoinHandle<()>) {
+) -> std::io::Result<(Queue, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::sync_channel(queue_len);
     let handle = std::thread::Builder::new()
         .name("inference".into())
@@ -96,9 +96,8 @@ pub fn spawn(
                 events,
             };
             w.run(rx)
-        })
-        .expect("spawning the inference thread");
-    (Queue { tx }, handle)
+        })?;
+    Ok((Queue { tx }, handle))
 }
 
 struct CachedFeatures {
@@ -124,7 +123,7 @@ impl Worker {
             let key = job.key.clone();
             let reply = job.reply.clone();
             let result = self.answer(&job).map_err(|(code, message)| {
-                tracing::info!(?code, %message, "request failed");
+                tracing::debug!(?code, %message, "request failed");
                 let mut e = ErrorReply::new(job.id.clone(), code, message);
                 e.camera = Some(job.camera.clone());
                 e

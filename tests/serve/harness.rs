@@ -139,7 +139,12 @@ impl Daemon {
             .open(&self.log)
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_blipd"))
-            .args(["--log", "info,rumqttd=warn", "serve", "--config"])
+            .args([
+                "--log",
+                "info,blipd::mqtt::session=debug,rumqttd=warn",
+                "serve",
+                "--config",
+            ])
             .arg(&self.config)
             .stdout(Stdio::null())
             .stderr(log)
