@@ -72,6 +72,7 @@ pub struct Session {
     awaiting: HashMap<u16, OnAck>,
     auto_id: u64,
     connected: bool,
+    ever_connected: bool,
     outage_logged: bool,
 }
 
@@ -95,6 +96,7 @@ impl Session {
             awaiting: HashMap::new(),
             auto_id: 0,
             connected: false,
+            ever_connected: false,
             outage_logged: false,
         }
     }
@@ -122,7 +124,11 @@ impl Session {
                     Err(e) => {
                         self.connected = false;
                         if !self.outage_logged {
-                            tracing::warn!(error = %e, "MQTT connection lost; reconnecting with backoff");
+                            if self.ever_connected {
+                                tracing::warn!(error = %e, "MQTT connection lost; reconnecting with backoff");
+                            } else {
+                                tracing::warn!(error = %e, "cannot connect to the MQTT broker; retrying with backoff");
+                            }
                             self.outage_logged = true;
                         } else {
                             tracing::debug!(error = %e, "MQTT reconnect failed");
@@ -196,6 +202,7 @@ impl Session {
         match ev {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 self.connected = true;
+                self.ever_connected = true;
                 if self.outage_logged {
                     tracing::info!(session_present = ack.session_present, "MQTT reconnected");
                 } else {

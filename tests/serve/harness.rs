@@ -37,8 +37,20 @@ fn current_user() -> String {
 /// A mosquitto broker with persistence in a temp dir.
 pub struct Mosquitto {
     pub port: u16,
+    /// With TLS: the mqtts:// port (the plain `port` then needs the password too).
+    pub tls_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    extra: String,
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Mosquitto {
@@ -46,11 +58,91 @@ impl Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let mut m = Self {
             port: free_port(),
+            tls_port: None,
             dir,
             child: None,
+            extra: String::new(),
         };
         m.spawn();
         m
+    }
+
+    /// A broker with a TLS listener (certificates made with openssl, CA in
+    /// `ca_file()`) and password authentication (`user` / `pass`).
+    pub fn start_tls_with_password(user: &str, pass: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ssl = |args: &[&str]| run(Command::new("openssl").current_dir(d).args(args));
+        ssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=blipd test CA",
+        ]);
+        ssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            d.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        ssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        run(Command::new("mosquitto_passwd")
+            .current_dir(d)
+            .args(["-b", "-c", "passwd", user, pass]));
+        let tls_port = free_port();
+        let extra = format!(
+            "password_file {p}/passwd\nallow_anonymous false\nlistener {tls_port} 127.0.0.1\ncafile {p}/ca.pem\ncertfile {p}/server.pem\nkeyfile {p}/server.key\n",
+            p = d.display()
+        );
+        let mut m = Self {
+            port: free_port(),
+            tls_port: Some(tls_port),
+            dir,
+            child: None,
+            extra,
+        };
+        m.spawn();
+        m
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     fn spawn(&mut self) {
@@ -58,7 +150,8 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 10000\nlog_dest file {}/log\nuser {}\n",
+                "{}listener {} 127.0.0.1\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 10000\nlog_dest file {}/log\nuser {}\n",
+                if self.extra.is_empty() { "allow_anonymous true\n".to_string() } else { self.extra.clone() },
                 self.port,
                 self.dir.path().display(),
                 self.dir.path().display(),
@@ -77,6 +170,9 @@ impl Mosquitto {
             .expect("mosquitto is installed (scripts/deps.sh)");
         self.child = Some(child);
         wait_port(self.port, true, Duration::from_secs(10));
+        if let Some(p) = self.tls_port {
+            wait_port(p, true, Duration::from_secs(10));
+        }
     }
 
     /// Stops the broker (SIGTERM: it saves its persistence file) and waits.
@@ -118,6 +214,15 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `blipd serve` with `config` (TOML) and waits until it is online.
     pub fn start(config: &str, status_port: u16, device: &str) -> Self {
+        Self::start_as(config, status_port, device, None)
+    }
+
+    pub fn start_as(
+        config: &str,
+        status_port: u16,
+        device: &str,
+        credentials: Option<(&str, &str)>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blipd.toml");
         std::fs::write(&path, config).unwrap();
@@ -128,11 +233,15 @@ impl Daemon {
             log,
             _dir: dir,
         };
-        d.spawn(status_port, device);
+        d.spawn_as(status_port, device, credentials);
         d
     }
 
     pub fn spawn(&mut self, status_port: u16, device: &str) {
+        self.spawn_as(status_port, device, None)
+    }
+
+    pub fn spawn_as(&mut self, status_port: u16, device: &str, credentials: Option<(&str, &str)>) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -151,7 +260,7 @@ impl Daemon {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        wait_online(status_port, device, Duration::from_secs(30));
+        wait_online(status_port, device, credentials, Duration::from_secs(30));
     }
 
     pub fn kill9(&mut self) {
@@ -177,8 +286,8 @@ impl Drop for Daemon {
 }
 
 /// Waits for the retained `online` status of `device`.
-pub fn wait_online(port: u16, device: &str, within: Duration) {
-    let c = Client::connect(port, &format!("probe-{}", free_port()), true);
+pub fn wait_online(port: u16, device: &str, credentials: Option<(&str, &str)>, within: Duration) {
+    let c = Client::connect_as(port, &format!("probe-{}", free_port()), true, credentials);
     c.subscribe(&format!("blipd/{device}/status"));
     let until = Instant::now() + within;
     while Instant::now() < until {
@@ -220,7 +329,14 @@ pub struct Client {
 impl Client {
     /// `clean`: false = persistent session (answers queued while away are delivered).
     pub fn connect(port: u16, id: &str, clean: bool) -> Self {
+        Self::connect_as(port, id, clean, None)
+    }
+
+    pub fn connect_as(port: u16, id: &str, clean: bool, credentials: Option<(&str, &str)>) -> Self {
         let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((u, p)) = credentials {
+            o.set_credentials(u, p);
+        }
         o.set_clean_start(clean);
         if !clean {
             o.set_session_expiry_interval(Some(3600));

@@ -563,3 +563,53 @@ fn sigterm_publishes_offline_and_exits_cleanly() {
         "offline published on the way out"
     );
 }
+
+#[test]
+fn mqtts_with_ca_and_password() {
+    let broker = Mosquitto::start_tls_with_password("blipd", "s3cret");
+    let tls_port = broker.tls_port.unwrap();
+    let cfg = config(broker.port, "tls", &fixture("images/garage.png"), "").replace(
+        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+        &format!(
+            "url = \"mqtts://localhost:{tls_port}\"\nca_file = \"{}\"\nusername = \"blipd\"\npassword = \"s3cret\"",
+            broker.ca_file().display()
+        ),
+    );
+    assert!(cfg.contains("mqtts://"));
+    let creds = Some(("blipd", "s3cret"));
+    let _d = Daemon::start_as(&cfg, broker.port, "tls", creds);
+    let c = Client::connect_as(broker.port, "tls-client", true, creds);
+    c.subscribe("blipd/tls/answer/t1");
+    c.publish(
+        "blipd/tls/ask",
+        r#"{"id":"t1","prompt":"hi","max_tokens":3}"#,
+    );
+    let msgs = c.collect_until(Duration::from_secs(20), |m| !m.is_empty());
+    assert_eq!(
+        msgs[0].json()["tokens"],
+        3,
+        "answered over TLS with a password"
+    );
+
+    // A wrong password: the daemon keeps retrying and says why, without crashing.
+    let bad = cfg.replace("s3cret", "wrong");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, bad).unwrap();
+    let log = dir.path().join("log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_blipd"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("cannot connect to the MQTT broker") && text.contains("NotAuthorized"),
+        "{text}"
+    );
+}
