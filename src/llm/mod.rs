@@ -168,8 +168,10 @@ impl Llm {
         })
     }
 
+    /// Usable context: llama.cpp rounds its context up (to a multiple of
+    /// 256), but positions past the model's training context are not used.
     pub fn n_ctx(&self) -> usize {
-        self.ctx.n_ctx() as usize
+        (self.ctx.n_ctx() as usize).min(self.ctx.model().n_ctx_train())
     }
 
     pub fn n_embd(&self) -> usize {

@@ -111,6 +111,9 @@ fn round_trip_v5_response_topic_and_v311() {
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["answer"], text.as_str());
     assert_eq!(v["camera"], "garage", "default camera is the first one");
+    // Second question about the same (unchanged) frame: no vision work.
+    assert_eq!(v["vision_cached"], true);
+    assert_eq!(v["timings"]["vision_ms"], 0.0);
 }
 
 #[test]
