@@ -241,3 +241,29 @@ fn resize_is_bit_identical_to_pil() {
         );
     }
 }
+
+/// Streaming: on every golden token sequence (byte-fallback runs, special
+/// tokens in the middle, invalid UTF-8), the streamed pieces concatenate to
+/// the reference's decoded text, and no piece is ever taken back.
+#[test]
+fn streamed_text_concatenates_to_the_reference_text() {
+    for preset in PRESETS {
+        let g = golden(preset);
+        let p = load(preset);
+        for case in &g.cases {
+            let mut stream = blipd::llm::TextStream::new(p.llm().detokenizer());
+            let mut text = String::new();
+            for &t in &case.tokens {
+                if let Some(piece) = stream.push(t) {
+                    text.push_str(&piece);
+                }
+            }
+            text.push_str(
+                &stream
+                    .finish(&case.text)
+                    .expect("streamed text is a prefix of the answer"),
+            );
+            assert_eq!(text, case.text, "{preset} {} {:?}", case.image, case.prompt);
+        }
+    }
+}

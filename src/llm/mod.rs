@@ -118,6 +118,7 @@ pub struct Generation {
 pub struct Llm {
     ctx: Context,
     tokenizer: Arc<Tokenizer>,
+    special: Arc<std::collections::HashSet<u32>>,
     spec: LlmSpec,
     image_token_id: Option<u32>,
     eos: Vec<u32>,
@@ -159,8 +160,15 @@ impl Llm {
         )?;
         let image_token_id = tokenizer.token_to_id("<image>");
         let eos = spec.eos_token_ids.iter().map(|&e| e as u32).collect();
+        let special = tokenizer
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
         Ok(Self {
             ctx,
+            special: Arc::new(special),
             tokenizer: Arc::new(tokenizer),
             spec,
             image_token_id,
@@ -222,6 +230,7 @@ impl Llm {
     pub fn detokenizer(&self) -> Detokenizer {
         Detokenizer {
             tokenizer: self.tokenizer.clone(),
+            special: self.special.clone(),
             clean_up: self.spec.clean_up_tokenization_spaces,
         }
     }
@@ -310,6 +319,9 @@ impl Llm {
 #[derive(Clone)]
 pub struct Detokenizer {
     tokenizer: Arc<Tokenizer>,
+    /// Special tokens: dropped by `skip_special_tokens`, so they do not end a
+    /// run of byte tokens.
+    special: Arc<std::collections::HashSet<u32>>,
     clean_up: bool,
 }
 
@@ -323,11 +335,12 @@ impl Detokenizer {
     }
 
     /// Length of the prefix of `tokens` whose decoded text is final: up to
-    /// the last token that is not a byte-fallback token.
+    /// the last token that is neither a byte-fallback token nor a special
+    /// token (skipped special tokens join the byte runs around them).
     pub fn stable_prefix(&self, tokens: &[u32]) -> usize {
         tokens
             .iter()
-            .rposition(|&t| !self.is_byte_token(t))
+            .rposition(|&t| !self.is_byte_token(t) && !self.special.contains(&t))
             .map_or(0, |i| i + 1)
     }
 
@@ -338,6 +351,57 @@ impl Detokenizer {
         } else {
             text
         }
+    }
+}
+
+/// Incremental answer text for streaming: every piece it returns is final,
+/// and the pieces concatenate to the reference's decoding of all tokens.
+///
+/// Text that may still change is held back: a trailing run of byte-fallback
+/// tokens (possibly with skipped special tokens in it), which decodes as one
+/// byte string, and trailing whitespace, which tokenizer clean-up may remove.
+pub struct TextStream {
+    detok: Detokenizer,
+    tokens: Vec<u32>,
+    stable: usize,
+    sent: String,
+}
+
+impl TextStream {
+    pub fn new(detok: Detokenizer) -> Self {
+        Self {
+            detok,
+            tokens: Vec::new(),
+            stable: 0,
+            sent: String::new(),
+        }
+    }
+
+    /// Feeds one generated token; returns text that became final, if any.
+    pub fn push(&mut self, token: u32) -> Option<String> {
+        self.tokens.push(token);
+        let k = self.detok.stable_prefix(&self.tokens);
+        if k <= self.stable {
+            return None;
+        }
+        self.stable = k;
+        let text = self.detok.decode(&self.tokens[..k]);
+        let text = text.trim_end_matches([' ', '\n', '\t']);
+        let new = text.strip_prefix(self.sent.as_str())?.to_string();
+        if new.is_empty() {
+            return None;
+        }
+        self.sent.push_str(&new);
+        Some(new)
+    }
+
+    /// The remainder once generation is over, given the final text. `None`
+    /// if the text sent so far is not a prefix of it (then the final answer
+    /// is authoritative).
+    pub fn finish(&mut self, full: &str) -> Option<String> {
+        let rest = full.strip_prefix(self.sent.as_str())?.to_string();
+        self.sent.push_str(&rest);
+        Some(rest)
     }
 }
 

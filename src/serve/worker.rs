@@ -4,7 +4,7 @@
 //! replies instead of an ever-growing backlog.
 
 use crate::camera::{Camera, CameraError, Frame};
-use crate::llm::GenerateParams;
+use crate::llm::{GenerateParams, TextStream};
 use crate::mqtt::wire::{self, AnswerReply, ErrorCode, ErrorReply, Timings};
 use crate::pipeline::FrameFeatures;
 use crate::{Pipeline, PipelineError};
@@ -186,23 +186,15 @@ impl Worker {
             features
         };
 
-        let mut streamer = job.stream.then(|| Streamer::new(job));
-        // Streaming decodes the growing token list while the pipeline is
-        // borrowed for generation: a detokenizer handle shares the tokenizer.
-        let detok = self.pipeline.llm().detokenizer();
+        let mut streamer = job
+            .stream
+            .then(|| Streamer::new(job, self.pipeline.llm().detokenizer()));
         let events = &self.events;
-        let mut so_far = Vec::new();
-        let mut stable = 0;
         let answer = self
             .pipeline
             .answer_prepared(&frame_for_timing, &prepared, &job.params, |t| {
                 if let Some(s) = streamer.as_mut() {
-                    so_far.push(t);
-                    let k = detok.stable_prefix(&so_far);
-                    if k > stable {
-                        stable = k;
-                        s.push(&detok.decode(&so_far[..k]), events);
-                    }
+                    s.push(t, events);
                 }
             })
             .map_err(classify)?;
@@ -254,58 +246,48 @@ fn classify(e: PipelineError) -> (ErrorCode, String) {
     (code, e.to_string())
 }
 
-/// Turns the growing answer text into chunks whose concatenation is the
-/// final text. Text that may still change is held back until the next token
-/// or the end: a trailing run of byte-fallback tokens (the caller decodes
-/// only up to the last other token), and trailing whitespace, which
-/// tokenizer clean-up may still remove.
+/// Publishes a streamed answer as numbered chunks (see [`TextStream`]).
 struct Streamer {
     id: String,
     reply: ReplyTo,
-    sent: String,
+    text: TextStream,
     seq: u32,
 }
 
 impl Streamer {
-    fn new(job: &Job) -> Self {
+    fn new(job: &Job, detok: crate::llm::Detokenizer) -> Self {
         Self {
             id: job.id.clone(),
             reply: job.reply.clone(),
-            sent: String::new(),
+            text: TextStream::new(detok),
             seq: 0,
         }
     }
 
-    fn emit(&mut self, text: &str, events: &UnboundedSender<WorkerEvent>) {
+    fn emit(&mut self, text: String, events: &UnboundedSender<WorkerEvent>) {
         if text.is_empty() {
             return;
         }
-        self.sent.push_str(text);
         let _ = events.send(WorkerEvent::Chunk {
             reply: self.reply.clone(),
             chunk: wire::StreamChunk {
                 id: self.id.clone(),
                 seq: self.seq,
-                text: text.to_string(),
+                text,
             },
         });
         self.seq += 1;
     }
 
-    fn push(&mut self, full: &str, events: &UnboundedSender<WorkerEvent>) {
-        let stable = full.trim_end_matches([' ', '\n', '\t']);
-        if let Some(new) = stable.strip_prefix(self.sent.as_str()) {
-            let new = new.to_string();
-            self.emit(&new, events);
+    fn push(&mut self, token: u32, events: &UnboundedSender<WorkerEvent>) {
+        if let Some(new) = self.text.push(token) {
+            self.emit(new, events);
         }
     }
 
     fn finish(&mut self, full: &str, events: &UnboundedSender<WorkerEvent>) {
-        match full.strip_prefix(self.sent.as_str()) {
-            Some(rest) => {
-                let rest = rest.to_string();
-                self.emit(&rest, events)
-            }
+        match self.text.finish(full) {
+            Some(rest) => self.emit(rest, events),
             None => tracing::warn!(
                 id = %self.id,
                 "streamed text diverged from the final answer; the final answer is authoritative"

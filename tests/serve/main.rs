@@ -616,3 +616,73 @@ fn mqtts_with_ca_and_password() {
         "{text}"
     );
 }
+
+#[test]
+fn client_mode_ask_over_mqtt() {
+    let broker = Mosquitto::start();
+    let _d = Daemon::start(
+        &config(broker.port, "cli", &fixture("images/garage.png"), ""),
+        broker.port,
+        "cli",
+    );
+    let bin = env!("CARGO_BIN_EXE_blipd");
+    let out = std::process::Command::new(bin)
+        .args([
+            "ask",
+            "--mqtt",
+            &broker.url(),
+            "--device",
+            "cli",
+            "--camera",
+            "garage",
+            "--json",
+            GARAGE_PROMPT,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["answer"], golden_garage().0.as_str());
+
+    // Streamed to stdout: the concatenated chunks are the answer.
+    let out = std::process::Command::new(bin)
+        .args([
+            "ask",
+            "--mqtt",
+            &broker.url(),
+            "--device",
+            "cli",
+            "--camera",
+            "garage",
+            "--stream",
+            GARAGE_PROMPT,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{}\n", golden_garage().0)
+    );
+
+    // Errors from the daemon become a failing exit with the code.
+    let out = std::process::Command::new(bin)
+        .args([
+            "ask",
+            "--mqtt",
+            &broker.url(),
+            "--device",
+            "cli",
+            "--camera",
+            "attic",
+            "hi",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_camera"));
+}
