@@ -3,10 +3,11 @@
 # Idempotent: installs only what is missing. Uses sudo when not root.
 #   build: a C/C++ compiler, cmake (llama.cpp, libjpeg-turbo), clang + libclang
 #          (bindgen for llama.cpp's C API), nasm (libjpeg-turbo's SIMD on x86)
-#   tests: python3 + venv (the exporter's tests), mosquitto (MQTT tests)
+#   tests: python3 + venv (the exporter's tests), mosquitto + openssl (MQTT and TLS
+#          tests), systemd (systemd-analyze checks the unit file)
 set -euo pipefail
 
-packages=(build-essential cmake clang libclang-dev nasm pkg-config python3 python3-venv python3-pip mosquitto mosquitto-clients)
+packages=(build-essential cmake clang libclang-dev nasm pkg-config python3 python3-venv python3-pip mosquitto mosquitto-clients openssl systemd)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -55,6 +55,10 @@ pub struct SessionConfig {
     pub info: String,
     /// How long to wait for the answer in hand when stopping.
     pub shutdown_grace: Duration,
+    /// Readiness, status lines and watchdog (no-ops outside systemd).
+    pub systemd: crate::serve::systemd::Systemd,
+    /// The STATUS= line while connected.
+    pub serving_status: String,
 }
 
 pub struct Session {
@@ -73,6 +77,7 @@ pub struct Session {
     auto_id: u64,
     connected: bool,
     ever_connected: bool,
+    ready_sent: bool,
     outage_logged: bool,
 }
 
@@ -97,6 +102,7 @@ impl Session {
             auto_id: 0,
             connected: false,
             ever_connected: false,
+            ready_sent: false,
             outage_logged: false,
         }
     }
@@ -112,8 +118,20 @@ impl Session {
     ) -> Ended {
         let mut backoff = Duration::from_millis(250);
         tokio::pin!(shutdown);
+        // Feed the watchdog at half its period (a long idle tick without one).
+        let tick = self
+            .cfg
+            .systemd
+            .watchdog
+            .map(|w| w / 2)
+            .unwrap_or(Duration::from_secs(3600));
+        let mut watchdog = tokio::time::interval(tick);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = watchdog.tick() => {
+                    self.cfg.systemd.keep_alive();
+                }
                 ev = eventloop.poll() => match ev {
                     Ok(ev) => {
                         backoff = Duration::from_millis(250);
@@ -124,6 +142,7 @@ impl Session {
                     Err(e) => {
                         self.connected = false;
                         if !self.outage_logged {
+                            self.cfg.systemd.status(&format!("MQTT broker unreachable ({e}); retrying"));
                             if self.ever_connected {
                                 tracing::warn!(error = %e, "MQTT connection lost; reconnecting with backoff");
                             } else {
@@ -152,6 +171,7 @@ impl Session {
         mut events: UnboundedReceiver<WorkerEvent>,
     ) {
         tracing::info!("stopping: no new requests; finishing the answer in hand");
+        self.cfg.systemd.stopping();
         // Dropping the queue lets the worker thread end after its current job.
         self.queue = None;
         let deadline = Instant::now() + self.cfg.shutdown_grace;
@@ -225,6 +245,15 @@ impl Session {
             Event::Incoming(Packet::SubAck(_)) => {
                 // Online only once requests can actually reach us.
                 self.announce();
+                let status = self.cfg.serving_status.clone();
+                if self.ready_sent {
+                    self.cfg.systemd.status(&status);
+                } else {
+                    // READY: model loaded (before the session started) and
+                    // the broker connection and subscription are up.
+                    self.cfg.systemd.ready(&status);
+                    self.ready_sent = true;
+                }
                 true
             }
             Event::Incoming(Packet::Publish(p)) => {

@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod dedupe;
+pub mod systemd;
 pub mod worker;
 
 use crate::bundle::default_bundle_dir;
@@ -34,6 +35,7 @@ pub enum ServeError {
 /// Runs the daemon until SIGTERM/SIGINT. `on_ready` is called once the model
 /// is loaded and the broker connection is up (systemd readiness).
 pub fn serve(cfg: Config, on_ready: impl FnMut() + Send) -> Result<(), ServeError> {
+    let systemd = systemd::Systemd::from_env();
     let device_id = cfg.device_id();
     let mut mqtt_cfg = cfg.mqtt.clone();
     let _broker = if mqtt_cfg.url.is_none() {
@@ -57,6 +59,7 @@ pub fn serve(cfg: Config, on_ready: impl FnMut() + Send) -> Result<(), ServeErro
         },
         verify_checksums: true,
     };
+    systemd.status(&format!("loading model {}", model_dir.display()));
     let pipeline = Pipeline::load(&model_dir, &opts)?;
     let model_name = model_dir
         .file_name()
@@ -92,12 +95,21 @@ pub fn serve(cfg: Config, on_ready: impl FnMut() + Send) -> Result<(), ServeErro
     .to_string();
 
     let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let serving_status = format!(
+        "serving {device_id}: model {model_name}, cameras {}",
+        cfg.cameras
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let (queue, worker) = worker::spawn(
         pipeline,
         cameras.clone(),
         model_name,
         cfg.limits.queue,
         ev_tx,
+        systemd.liveness.clone(),
     )?;
     let client_id = mqtt_cfg
         .client_id
@@ -113,7 +125,13 @@ pub fn serve(cfg: Config, on_ready: impl FnMut() + Send) -> Result<(), ServeErro
         default_params,
         info,
         shutdown_grace: Duration::from_secs(30),
+        systemd: systemd.clone(),
+        serving_status,
     };
+    systemd.status(&format!(
+        "connecting to {}",
+        mqtt_cfg.url.as_deref().unwrap_or_default()
+    ));
     tracing::info!(
         device_id,
         client_id,

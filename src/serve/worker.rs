@@ -7,6 +7,7 @@ use crate::camera::{Camera, CameraError, Frame};
 use crate::llm::{GenerateParams, TextStream};
 use crate::mqtt::wire::{self, AnswerReply, ErrorCode, ErrorReply, Timings};
 use crate::pipeline::FrameFeatures;
+use crate::serve::systemd::Liveness;
 use crate::{Pipeline, PipelineError};
 use image::RgbImage;
 use std::collections::HashMap;
@@ -83,6 +84,7 @@ pub fn spawn(
     model_name: String,
     queue_len: usize,
     events: UnboundedSender<WorkerEvent>,
+    liveness: Arc<Liveness>,
 ) -> std::io::Result<(Queue, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::sync_channel(queue_len);
     let handle = std::thread::Builder::new()
@@ -94,6 +96,7 @@ pub fn spawn(
                 model_name,
                 cache: HashMap::new(),
                 events,
+                liveness,
             };
             w.run(rx)
         })?;
@@ -113,6 +116,7 @@ struct Worker {
     /// frame skips the vision encoder.
     cache: HashMap<String, CachedFeatures>,
     events: UnboundedSender<WorkerEvent>,
+    liveness: Arc<Liveness>,
 }
 
 impl Worker {
@@ -122,12 +126,14 @@ impl Worker {
             let _g = span.enter();
             let key = job.key.clone();
             let reply = job.reply.clone();
+            self.liveness.progress();
             let result = self.answer(&job).map_err(|(code, message)| {
                 tracing::debug!(?code, %message, "request failed");
                 let mut e = ErrorReply::new(job.id.clone(), code, message);
                 e.camera = Some(job.camera.clone());
                 e
             });
+            self.liveness.idle();
             if self
                 .events
                 .send(WorkerEvent::Done { key, reply, result })
@@ -175,6 +181,7 @@ impl Worker {
             }
         })?;
         let (features, cached) = self.features(&job.camera, &frame).map_err(classify)?;
+        self.liveness.progress();
         let frame_for_timing = if cached {
             // The vision work was done for an earlier question: this one cost nothing.
             FrameFeatures {
@@ -190,9 +197,11 @@ impl Worker {
             .stream
             .then(|| Streamer::new(job, self.pipeline.llm().detokenizer()));
         let events = &self.events;
+        let liveness = &self.liveness;
         let answer = self
             .pipeline
             .answer_prepared(&frame_for_timing, &prepared, &job.params, |t| {
+                liveness.progress();
                 if let Some(s) = streamer.as_mut() {
                     s.push(t, events);
                 }

@@ -686,3 +686,98 @@ fn client_mode_ask_over_mqtt() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_camera"));
 }
+
+/// systemd's notify protocol, with the socket played by the test: status
+/// lines while starting, READY only once connected, watchdog keep-alives
+/// while idle and while answering, STOPPING on SIGTERM.
+#[test]
+fn systemd_notify_readiness_status_and_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let cfg_path = dir.path().join("blipd.toml");
+    std::fs::write(
+        &cfg_path,
+        config(broker.port, "sd", &fixture("images/garage.png"), ""),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_blipd"))
+        .args(["serve", "--config"])
+        .arg(&cfg_path)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got: Vec<String> = Vec::new();
+    let mut read_until = |got: &mut Vec<String>, pred: &dyn Fn(&[String]) -> bool, secs: u64| {
+        let until = std::time::Instant::now() + Duration::from_secs(secs);
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < until && !pred(got) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                got.extend(
+                    String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .map(str::to_string),
+                );
+            }
+        }
+    };
+    read_until(&mut got, &|g| g.iter().any(|l| l == "READY=1"), 20);
+    let ready_at = got.iter().position(|l| l == "READY=1").expect("READY=1");
+    assert!(
+        got[..ready_at]
+            .iter()
+            .any(|l| l.starts_with("STATUS=loading model")),
+        "{got:?}"
+    );
+    assert!(
+        got[..ready_at]
+            .iter()
+            .any(|l| l.starts_with("STATUS=connecting")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|l| l.starts_with("STATUS=serving sd: model tiny-a")),
+        "{got:?}"
+    );
+    // Keep-alives at half the period while idle...
+    read_until(
+        &mut got,
+        &|g| g.iter().filter(|l| *l == "WATCHDOG=1").count() >= 3,
+        5,
+    );
+    assert!(
+        got.iter().filter(|l| *l == "WATCHDOG=1").count() >= 3,
+        "{got:?}"
+    );
+    // ...and while answering.
+    let c = Client::connect(broker.port, "sd-client", true);
+    c.subscribe("blipd/sd/answer/#");
+    for i in 0..20 {
+        c.publish(
+            "blipd/sd/ask",
+            format!(r#"{{"id":"w{i}","camera":"pattern","prompt":"hi","max_tokens":60}}"#),
+        );
+    }
+    let before = got.iter().filter(|l| *l == "WATCHDOG=1").count();
+    read_until(
+        &mut got,
+        &|g| g.iter().filter(|l| *l == "WATCHDOG=1").count() >= before + 2,
+        5,
+    );
+    assert!(got.iter().filter(|l| *l == "WATCHDOG=1").count() >= before + 2);
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    read_until(&mut got, &|g| g.iter().any(|l| l == "STOPPING=1"), 10);
+    assert!(got.iter().any(|l| l == "STOPPING=1"), "{got:?}");
+    assert!(child.wait().unwrap().success());
+}
