@@ -714,7 +714,7 @@ fn systemd_notify_readiness_status_and_watchdog() {
         .spawn()
         .unwrap();
     let mut got: Vec<String> = Vec::new();
-    let mut read_until = |got: &mut Vec<String>, pred: &dyn Fn(&[String]) -> bool, secs: u64| {
+    let read_until = |got: &mut Vec<String>, pred: &dyn Fn(&[String]) -> bool, secs: u64| {
         let until = std::time::Instant::now() + Duration::from_secs(secs);
         let mut buf = [0u8; 4096];
         while std::time::Instant::now() < until && !pred(got) {
