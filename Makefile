@@ -5,10 +5,13 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: run test deps build venv check fixtures
+.PHONY: run test deps test-deps build venv check fixtures
 
 deps:
-	@scripts/deps.sh
+	@scripts/deps.sh build
+
+test-deps:
+	@scripts/deps.sh test
 
 build: deps
 	cargo build --release
@@ -25,7 +28,7 @@ $(VENV)/.stamp: models/requirements.txt
 	$(VENV)/bin/pip install -q -r models/requirements.txt
 	touch $@
 
-venv: deps $(VENV)/.stamp
+venv: test-deps $(VENV)/.stamp
 
 # Formatting and lints, as CI runs them.
 check: deps
@@ -33,7 +36,7 @@ check: deps
 	cargo clippy --release --all-targets -- -D warnings
 
 # The whole test suite: Rust (goldens, errors, CLI) and the exporter's own tests.
-test: build venv
+test: test-deps build venv
 	cargo test --release
 	$(VENV)/bin/python -m pytest -q models/tests
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs the system packages blipd needs to build and test, on Debian/Ubuntu.
+# Installs the system packages blipd needs, on Debian/Ubuntu:
+#   scripts/deps.sh build   what building and running blipd needs
+#   scripts/deps.sh test    that, plus what the test suite needs
 # Idempotent: installs only what is missing. Uses sudo when not root.
 #   build: a C/C++ compiler, cmake (llama.cpp, libjpeg-turbo), clang + libclang
 #          (bindgen for llama.cpp's C API), nasm (libjpeg-turbo's SIMD on x86)
@@ -7,7 +9,12 @@
 #          tests), systemd (systemd-analyze checks the unit file)
 set -euo pipefail
 
-packages=(build-essential cmake clang libclang-dev nasm pkg-config python3 python3-venv python3-pip mosquitto mosquitto-clients openssl systemd)
+packages=(build-essential cmake clang libclang-dev nasm pkg-config)
+case "${1:-test}" in
+  build) ;;
+  test) packages+=(python3 python3-venv python3-pip mosquitto mosquitto-clients openssl systemd) ;;
+  *) echo "usage: scripts/deps.sh [build|test]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do
