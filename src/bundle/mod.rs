@@ -157,16 +157,7 @@ impl Bundle {
             return Err(BundleError::NotADirectory(dir));
         }
         let path = dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                BundleError::MissingFile { path: path.clone() }
-            } else {
-                BundleError::Io {
-                    path: path.clone(),
-                    source,
-                }
-            }
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| file_error(&path, e))?;
         let manifest: Manifest =
             serde_json::from_str(&text).map_err(|source| BundleError::Manifest {
                 path: path.clone(),
@@ -228,16 +219,7 @@ impl Bundle {
     pub fn verify(&self) -> Result<(), BundleError> {
         for (name, entry) in &self.manifest.files {
             let path = self.path(name);
-            let meta = std::fs::metadata(&path).map_err(|source| {
-                if source.kind() == std::io::ErrorKind::NotFound {
-                    BundleError::MissingFile { path: path.clone() }
-                } else {
-                    BundleError::Io {
-                        path: path.clone(),
-                        source,
-                    }
-                }
-            })?;
+            let meta = std::fs::metadata(&path).map_err(|e| file_error(&path, e))?;
             if meta.len() != entry.size {
                 return Err(BundleError::Size {
                     path,
@@ -267,6 +249,20 @@ impl Bundle {
             }
         })?;
         std::fs::write(&path, text + "\n").map_err(|source| BundleError::Io { path, source })
+    }
+}
+
+/// A missing file is named as such; other I/O errors keep their cause.
+fn file_error(path: &Path, source: std::io::Error) -> BundleError {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        BundleError::MissingFile {
+            path: path.to_path_buf(),
+        }
+    } else {
+        BundleError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
