@@ -75,7 +75,6 @@ pub struct Session {
     fifo: VecDeque<OnAck>,
     awaiting: HashMap<u16, OnAck>,
     auto_id: u64,
-    connected: bool,
     ever_connected: bool,
     ready_sent: bool,
     outage_logged: bool,
@@ -100,7 +99,6 @@ impl Session {
             fifo: VecDeque::new(),
             awaiting: HashMap::new(),
             auto_id: 0,
-            connected: false,
             ever_connected: false,
             ready_sent: false,
             outage_logged: false,
@@ -140,7 +138,6 @@ impl Session {
                         }
                     }
                     Err(e) => {
-                        self.connected = false;
                         if !self.outage_logged {
                             self.cfg.systemd.status(&format!("MQTT broker unreachable ({e}); retrying"));
                             if self.ever_connected {
@@ -221,7 +218,6 @@ impl Session {
     fn handle_event(&mut self, ev: Event) -> bool {
         match ev {
             Event::Incoming(Packet::ConnAck(ack)) => {
-                self.connected = true;
                 self.ever_connected = true;
                 if self.outage_logged {
                     tracing::info!(session_present = ack.session_present, "MQTT reconnected");
@@ -393,7 +389,7 @@ impl Session {
                 let request = self.in_progress.remove(&key).flatten();
                 let payload = match &result {
                     Ok(answer) => {
-                        tracing::debug!(id = %answer.id, tokens = answer.tokens, total_ms = answer.timings.total_ms as u64, "answered");
+                        tracing::debug!(id = %answer.id, tokens = answer.tokens, total_ms = answer.timings.stages.total_ms as u64, "answered");
                         serde_json::to_string(answer)
                     }
                     Err(err) => serde_json::to_string(err),

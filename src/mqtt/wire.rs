@@ -17,6 +17,8 @@
 //! ```
 //! An error: `{"id": "q1", "error": {"code": "unknown_camera", "message": "..."}}`.
 
+use crate::llm::StopReason;
+use crate::pipeline::StageTimings;
 use serde::{Deserialize, Serialize};
 
 /// A question, as sent by a client.
@@ -98,17 +100,13 @@ impl ErrorReply {
     }
 }
 
-/// Per-stage times of an answer, in milliseconds.
+/// Per-stage times of an answer, in milliseconds: the time spent queued,
+/// then the pipeline's stages (flattened into the same JSON object).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     pub queue_ms: f64,
-    pub preprocess_ms: f64,
-    pub vision_ms: f64,
-    pub qformer_ms: f64,
-    pub prefill_ms: f64,
-    pub decode_ms: f64,
-    pub decode_tokens_per_s: f64,
-    pub total_ms: f64,
+    #[serde(flatten)]
+    pub stages: StageTimings,
 }
 
 /// The final answer to a request.
@@ -120,7 +118,7 @@ pub struct AnswerReply {
     /// Number of generated tokens.
     pub tokens: usize,
     /// Why generation stopped: `eos`, `max_tokens` or `context_full`.
-    pub stop: String,
+    pub stop: StopReason,
     /// Capture time of the frame that was answered (RFC 3339, UTC).
     pub frame_time: String,
     pub model: String,

@@ -61,7 +61,7 @@ impl Default for PipelineOptions {
 }
 
 /// Per-stage wall times of one answer, in milliseconds.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct StageTimings {
     pub preprocess_ms: f64,
     pub vision_ms: f64,

@@ -210,28 +210,18 @@ impl Worker {
         if let Some(s) = streamer.as_mut() {
             s.finish(&answer.text, events);
         }
-        let t = &answer.timings;
         Ok(AnswerReply {
             id: job.id.clone(),
             camera: job.camera.clone(),
             answer: answer.text,
             tokens: answer.tokens.len(),
-            stop: serde_json::to_value(answer.stop)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            stop: answer.stop,
             frame_time: wire::rfc3339(frame.captured),
             model: self.model_name.clone(),
             vision_cached: cached,
             timings: Timings {
                 queue_ms,
-                preprocess_ms: t.preprocess_ms,
-                vision_ms: t.vision_ms,
-                qformer_ms: t.qformer_ms,
-                prefill_ms: t.prefill_ms,
-                decode_ms: t.decode_ms,
-                decode_tokens_per_s: t.decode_tokens_per_s,
-                total_ms: t.total_ms,
+                stages: answer.timings,
             },
         })
     }
