@@ -40,6 +40,18 @@ url = "mqtt://127.0.0.1:{port}"
     )
 }
 
+/// A broker, a daemon `device` (the default cameras, `extra` config) and a
+/// client subscribed to the daemon's answer topics. Dropped in reverse
+/// order: client, daemon, broker.
+fn serving(device: &str, extra: &str) -> (Mosquitto, Daemon, Client) {
+    let broker = Mosquitto::start();
+    let cfg = config(broker.port, device, &fixture("images/garage.png"), extra);
+    let daemon = Daemon::start(&cfg, broker.port, device);
+    let client = Client::connect(broker.port, &format!("{device}-client"), true);
+    client.subscribe(&format!("blipd/{device}/answer/#"));
+    (broker, daemon, client)
+}
+
 /// The reference answer for the garage picture (goldens from transformers).
 fn golden_garage() -> (String, usize) {
     let g: serde_json::Value =
@@ -118,14 +130,7 @@ fn round_trip_v5_response_topic_and_v311() {
 
 #[test]
 fn streaming_chunks_then_final_answer() {
-    let broker = Mosquitto::start();
-    let _d = Daemon::start(
-        &config(broker.port, "st", &fixture("images/garage.png"), ""),
-        broker.port,
-        "st",
-    );
-    let c = Client::connect(broker.port, "st-client", true);
-    c.subscribe("blipd/st/answer/s1");
+    let (_broker, _d, c) = serving("st", "");
     c.publish(
         "blipd/st/ask",
         r#"{"id":"s1","camera":"pattern","prompt":"Is the garage door open or closed? Answer yes or no.","stream":true,"max_tokens":30}"#,
@@ -157,16 +162,7 @@ fn streaming_chunks_then_final_answer() {
 
 #[test]
 fn bad_input_gets_error_codes_and_the_daemon_keeps_serving() {
-    let broker = Mosquitto::start();
-    let cfg = config(
-        broker.port,
-        "bad",
-        &fixture("images/garage.png"),
-        "[limits]\nmax_payload_bytes = 2048\nmax_tokens = 64",
-    );
-    let _d = Daemon::start(&cfg, broker.port, "bad");
-    let c = Client::connect(broker.port, "bad-client", true);
-    c.subscribe("blipd/bad/answer/#");
+    let (_broker, _d, c) = serving("bad", "[limits]\nmax_payload_bytes = 2048\nmax_tokens = 64");
     let big = format!(r#"{{"id":"big","prompt":"{}"}}"#, "x".repeat(4000));
     let cases: Vec<(&str, String)> = vec![
         (
@@ -225,16 +221,7 @@ fn bad_input_gets_error_codes_and_the_daemon_keeps_serving() {
 
 #[test]
 fn overload_gets_busy_and_every_accepted_request_one_answer() {
-    let broker = Mosquitto::start();
-    let cfg = config(
-        broker.port,
-        "ovl",
-        &fixture("images/garage.png"),
-        "[limits]\nqueue = 2",
-    );
-    let _d = Daemon::start(&cfg, broker.port, "ovl");
-    let c = Client::connect(broker.port, "ovl-client", true);
-    c.subscribe("blipd/ovl/answer/#");
+    let (_broker, _d, c) = serving("ovl", "[limits]\nqueue = 2");
     let n = 60;
     for i in 0..n {
         c.publish(
