@@ -6,10 +6,12 @@
 //! [`pipeline`] wires them; [`bundle`] reads the exported model directory.
 //! The daemon: [`camera`] (frames in), [`mqtt`] (questions in, answers out),
 //! [`serve`] (worker, queue, wiring), [`config`].
+//! [`doctor`] checks a board (config, bundle, memory, cameras, broker) before and after install.
 
 pub mod bundle;
 pub mod camera;
 pub mod config;
+pub mod doctor;
 pub mod graph;
 pub mod llm;
 pub mod mqtt;

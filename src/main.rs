@@ -31,6 +31,8 @@ enum Command {
     CheckConfig(CheckConfigArgs),
     /// Quantize a GGUF file, or a whole bundle's LLM, with llama.cpp's quantizer.
     Quantize(QuantizeArgs),
+    /// Check this machine for the daemon: config, bundle, memory, cameras, broker, state dir.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Args)]
@@ -54,6 +56,9 @@ struct AskArgs {
     /// Print the answer as it is generated (with --mqtt).
     #[arg(long, requires = "mqtt")]
     stream: bool,
+    /// Save the JPEG of the frame the daemon answered about to FILE (with --mqtt).
+    #[arg(long, requires = "mqtt", value_name = "FILE")]
+    snapshot: Option<PathBuf>,
     /// Topic prefix of the daemon (with --mqtt).
     #[arg(long, default_value = "blipd", requires = "mqtt")]
     topic_prefix: String,
@@ -105,6 +110,16 @@ struct CheckConfigArgs {
 }
 
 #[derive(Args)]
+struct DoctorArgs {
+    /// TOML config file [default: zero-config: embedded broker, test-pattern camera, tiny bundle].
+    #[arg(long, env = "BLIPD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the checks as a JSON array of {check, status, detail, fix}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct QuantizeArgs {
     /// Input GGUF file, or bundle directory.
     input: PathBuf,
@@ -122,6 +137,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
         Command::Serve(_) => "info,rumqttd=warn",
+        // The doctor reports problems itself; camera retry warnings would repeat them.
+        Command::Doctor(_) => "error",
         _ => "warn",
     };
     init_logging(cli.log.as_deref().unwrap_or(default_log));
@@ -131,6 +148,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(s) => serve(s),
         Command::CheckConfig(c) => check_config(c),
         Command::Quantize(q) => quantize(q),
+        Command::Doctor(d) => doctor(d),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -230,6 +248,7 @@ fn ask_remote(a: AskArgs) -> Result<()> {
         top_k: a.temperature.map(|_| a.top_k),
         seed: a.temperature.map(|_| a.seed),
         stream: a.stream,
+        snapshot: a.snapshot.is_some(),
         response_topic: None,
     };
     let remote = ask::RemoteAsk {
@@ -243,12 +262,16 @@ fn ask_remote(a: AskArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let streamed = a.stream && !a.json;
-    let answer = rt.block_on(ask::ask(remote, |chunk| {
+    let (answer, jpeg) = rt.block_on(ask::ask(remote, |chunk| {
         if streamed {
             print!("{chunk}");
             let _ = std::io::stdout().flush();
         }
     }))?;
+    if let Some(path) = &a.snapshot {
+        let jpeg = jpeg.context("the daemon answered but published no snapshot")?;
+        std::fs::write(path, jpeg).with_context(|| format!("writing {}", path.display()))?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else if streamed {
@@ -264,7 +287,7 @@ fn serve(s: ServeArgs) -> Result<()> {
         Some(path) => blipd::config::Config::load(path)?,
         None => blipd::config::Config::zero_config(),
     };
-    blipd::serve::serve(cfg, || {})?;
+    blipd::serve::serve(cfg, s.config.clone(), || {})?;
     Ok(())
 }
 
@@ -272,6 +295,32 @@ fn check_config(c: CheckConfigArgs) -> Result<()> {
     let cfg = blipd::config::Config::load(&c.file)?;
     println!("{}", toml::to_string_pretty(&cfg)?);
     eprintln!("{}: ok", c.file.display());
+    Ok(())
+}
+
+/// Prints every check (text or JSON) and fails when any check failed, so
+/// scripts and provisioning tools can gate on the exit status.
+fn doctor(d: DoctorArgs) -> Result<()> {
+    use blipd::doctor::{self, Status};
+    let path = d.config.as_deref();
+    let checks = match doctor::load_config(path) {
+        Ok(cfg) => doctor::run(&cfg, path),
+        Err(failed) => vec![failed],
+    };
+    if d.json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            println!("{}", c.render());
+        }
+    }
+    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
+    if failed > 0 {
+        bail!(
+            "{failed} check{} failed",
+            if failed == 1 { "" } else { "s" }
+        );
+    }
     Ok(())
 }
 

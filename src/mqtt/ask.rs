@@ -31,8 +31,12 @@ pub struct RemoteAsk {
     pub timeout: Duration,
 }
 
-/// Sends the request and returns the final answer; `on_chunk` sees streamed text.
-pub async fn ask(r: RemoteAsk, mut on_chunk: impl FnMut(&str)) -> Result<AnswerReply, RemoteError> {
+/// Sends the request and returns the final answer, and the snapshot JPEG
+/// when the request asked for one; `on_chunk` sees streamed text.
+pub async fn ask(
+    r: RemoteAsk,
+    mut on_chunk: impl FnMut(&str),
+) -> Result<(AnswerReply, Option<Vec<u8>>), RemoteError> {
     let url = BrokerUrl::parse(&r.url).map_err(RemoteError::Url)?;
     if url.tls {
         return Err(RemoteError::Url(
@@ -58,22 +62,59 @@ pub async fn ask(r: RemoteAsk, mut on_chunk: impl FnMut(&str)) -> Result<AnswerR
     let topics = super::Topics::new(&cfg, &r.device_id);
     let reply_topic = format!("{}/client/{nonce}", topics.answer_prefix);
     let correlation = nonce.clone().into_bytes();
-    let payload = serde_json::to_vec(&r.request).map_err(|e| RemoteError::Url(e.to_string()))?;
+    let mut request = r.request.clone();
+    // A snapshot goes to a topic named after the request id: choose it.
+    let snapshot_topic = request.snapshot.then(|| {
+        let id = request
+            .id
+            .get_or_insert_with(|| format!("ask-{nonce}"))
+            .clone();
+        topics.snapshot(&id)
+    });
+    let payload = serde_json::to_vec(&request).map_err(|e| RemoteError::Url(e.to_string()))?;
 
     let conn = |e: rumqttc::v5::ClientError| RemoteError::Connection(e.to_string());
     client
         .subscribe(reply_topic.clone(), QoS::AtLeastOnce)
         .await
         .map_err(conn)?;
+    if let Some(t) = &snapshot_topic {
+        client
+            .subscribe(t.clone(), QoS::AtLeastOnce)
+            .await
+            .map_err(conn)?;
+    }
+    let subscriptions = 1 + usize::from(snapshot_topic.is_some());
     let run = async {
         let mut sent = false;
+        let mut subacks = 0;
+        let mut jpeg: Option<Vec<u8>> = None;
+        let mut answer: Option<AnswerReply> = None;
+        // The snapshot is published before the answer; allow for reordering.
+        let mut grace: Option<tokio::time::Instant> = None;
         loop {
-            let ev = eventloop
-                .poll()
-                .await
-                .map_err(|e| RemoteError::Connection(e.to_string()))?;
+            if let Some(a) = answer.take() {
+                if jpeg.is_some()
+                    || snapshot_topic.is_none()
+                    || grace.is_some_and(|g| tokio::time::Instant::now() >= g)
+                {
+                    let _ = client.disconnect().await;
+                    return Ok((a, jpeg));
+                }
+                grace.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(3));
+                answer = Some(a);
+            }
+            let ev = match tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await
+            {
+                Ok(ev) => ev.map_err(|e| RemoteError::Connection(e.to_string()))?,
+                Err(_) => continue,
+            };
             match ev {
                 Event::Incoming(Packet::SubAck(_)) if !sent => {
+                    subacks += 1;
+                    if subacks < subscriptions {
+                        continue;
+                    }
                     sent = true;
                     let props = PublishProperties {
                         response_topic: Some(reply_topic.clone()),
@@ -92,6 +133,13 @@ pub async fn ask(r: RemoteAsk, mut on_chunk: impl FnMut(&str)) -> Result<AnswerR
                         .await
                         .map_err(conn)?;
                 }
+                Event::Incoming(Packet::Publish(p))
+                    if snapshot_topic
+                        .as_deref()
+                        .is_some_and(|t| t.as_bytes() == &p.topic[..]) =>
+                {
+                    jpeg = Some(p.payload.to_vec());
+                }
                 Event::Incoming(Packet::Publish(p)) => {
                     let ours = p
                         .properties
@@ -102,8 +150,8 @@ pub async fn ask(r: RemoteAsk, mut on_chunk: impl FnMut(&str)) -> Result<AnswerR
                         continue;
                     }
                     if let Ok(a) = serde_json::from_slice::<AnswerReply>(&p.payload) {
-                        let _ = client.disconnect().await;
-                        return Ok(a);
+                        answer = Some(a);
+                        continue;
                     }
                     if let Ok(e) = serde_json::from_slice::<ErrorReply>(&p.payload) {
                         let code = serde_json::to_value(e.error.code)

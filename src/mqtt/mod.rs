@@ -37,6 +37,10 @@ pub struct Topics {
     pub info: String,
     /// Answers to requests without a response topic: `<answer_prefix>/<id>`.
     pub answer_prefix: String,
+    /// `<prefix>/<device>`: watches, snapshots and stats live under it.
+    pub base: String,
+    /// Retained metrics.
+    pub stats: String,
 }
 
 impl Topics {
@@ -56,17 +60,52 @@ impl Topics {
             status: format!("{base}/status"),
             info: format!("{base}/info"),
             answer_prefix: format!("{base}/answer"),
+            stats: format!("{base}/stats"),
+            base,
         }
     }
 
-    pub fn answer(&self, id: &str) -> String {
-        // An id is a single topic level in the answer topic.
-        let level: String = id
-            .chars()
-            .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
-            .collect();
-        format!("{}/{}", self.answer_prefix, level)
+    /// Retained state of a watch.
+    pub fn watch(&self, name: &str) -> String {
+        format!("{}/watch/{name}", self.base)
     }
+
+    /// Filter matching every watch state topic (for recalling them at start).
+    pub fn watch_filter(&self) -> String {
+        format!("{}/watch/+", self.base)
+    }
+
+    /// The watch name of a watch state topic.
+    pub fn watch_name<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let rest = topic.strip_prefix(&self.base)?.strip_prefix("/watch/")?;
+        (!rest.is_empty() && !rest.contains('/')).then_some(rest)
+    }
+
+    /// Change events of a watch.
+    pub fn watch_event(&self, name: &str) -> String {
+        format!("{}/watch/{name}/event", self.base)
+    }
+
+    /// Retained JPEG of a watch's last answered frame.
+    pub fn watch_snapshot(&self, name: &str) -> String {
+        format!("{}/watch/{name}/snapshot", self.base)
+    }
+
+    /// JPEG of the frame a request was answered about.
+    pub fn snapshot(&self, id: &str) -> String {
+        format!("{}/snapshot/{}", self.base, level(id))
+    }
+
+    pub fn answer(&self, id: &str) -> String {
+        format!("{}/{}", self.answer_prefix, level(id))
+    }
+}
+
+/// An id as a single topic level.
+fn level(id: &str) -> String {
+    id.chars()
+        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
+        .collect()
 }
 
 /// Largest packet the daemon accepts from the broker. Requests bigger than
@@ -144,6 +183,11 @@ mod tests {
         assert_eq!(t.subscribe, "blipd/garage/ask");
         assert_eq!(t.status, "blipd/garage/status");
         assert_eq!(t.answer("q/1#"), "blipd/garage/answer/q_1_");
+        assert_eq!(t.watch("door"), "blipd/garage/watch/door");
+        assert_eq!(t.watch_name("blipd/garage/watch/door"), Some("door"));
+        assert_eq!(t.watch_name("blipd/garage/watch/door/event"), None);
+        assert_eq!(t.snapshot("a/b"), "blipd/garage/snapshot/a_b");
+        assert_eq!(t.stats, "blipd/garage/stats");
         cfg.share_group = Some("fleet".into());
         cfg.ask_topic = Some("blipd/fleet/ask".into());
         let t = Topics::new(&cfg, "garage");

@@ -12,18 +12,24 @@
 //! retransmissions after a reconnect reuse a pkid we already track and are
 //! recognised as such.
 
-use super::wire::{self, ErrorCode, ErrorReply};
+use super::wire::{self, ErrorCode, ErrorReply, SnapshotInfo};
 use super::Topics;
-use crate::config::Limits;
+use crate::config::{Config, SnapshotConfig};
 use crate::llm::{GenerateParams, SamplerParams};
+use crate::serve::cameras::Cameras;
 use crate::serve::dedupe::{Dedupe, Seen, StoredReply};
-use crate::serve::worker::{Job, PushError, Queue, ReplyTo, WorkerEvent};
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+use crate::serve::homeassistant::Discovery;
+use crate::serve::stats::Stats;
+use crate::serve::watch::Watches;
+use crate::serve::worker::{Job, Origin, PushError, Queue, ReplyTo, Snapshot, WorkerEvent};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing;
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -44,15 +50,21 @@ struct OutMsg {
     on_ack: OnAck,
 }
 
-/// Static inputs of the session.
+/// Inputs of the session.
 pub struct SessionConfig {
     pub topics: Topics,
-    pub limits: Limits,
-    pub default_camera: String,
-    pub cameras: HashSet<String>,
+    /// The running config (SIGHUP replaces the parts that apply live).
+    pub config: Config,
+    /// Re-read on SIGHUP; None: zero-config, nothing to reload.
+    pub config_path: Option<PathBuf>,
+    pub cameras: Arc<Cameras>,
+    /// Shared with the worker, which encodes the snapshots.
+    pub snapshot: Arc<Mutex<SnapshotConfig>>,
+    pub device_id: String,
+    pub model_name: String,
     pub default_params: GenerateParams,
-    /// The retained info message.
-    pub info: String,
+    /// Builds the retained info message from the running config.
+    pub info: Box<dyn Fn(&Config) -> String + Send>,
     /// How long to wait for the answer in hand when stopping.
     pub shutdown_grace: Duration,
     /// Readiness, status lines and watchdog (no-ops outside systemd).
@@ -78,6 +90,10 @@ pub struct Session {
     ever_connected: bool,
     ready_sent: bool,
     outage_logged: bool,
+    watches: Watches,
+    discovery: Option<Discovery>,
+    stats: Stats,
+    next_stats: Option<Instant>,
 }
 
 /// Why the session loop ended.
@@ -88,7 +104,13 @@ pub enum Ended {
 
 impl Session {
     pub fn new(client: AsyncClient, cfg: SessionConfig, queue: Queue, dedupe: Dedupe) -> Self {
-        Self {
+        let watches = Watches::new(&cfg.config, cfg.model_name.clone(), Instant::now());
+        let discovery = discovery_of(&cfg);
+        let mut s = Self {
+            watches,
+            discovery,
+            stats: Stats::new(),
+            next_stats: None,
             client,
             cfg,
             queue: Some(queue),
@@ -102,7 +124,9 @@ impl Session {
             ever_connected: false,
             ready_sent: false,
             outage_logged: false,
-        }
+        };
+        s.serving_status_update();
+        s
     }
 
     /// Runs until `shutdown` fires, then drains: stops taking requests,
@@ -112,6 +136,7 @@ impl Session {
         mut eventloop: EventLoop,
         mut events: UnboundedReceiver<WorkerEvent>,
         shutdown: impl std::future::Future<Output = ()>,
+        mut reload: UnboundedReceiver<()>,
         mut on_connected: impl FnMut(),
     ) -> Ended {
         let mut backoff = Duration::from_millis(250);
@@ -125,11 +150,16 @@ impl Session {
             .unwrap_or(Duration::from_secs(3600));
         let mut watchdog = tokio::time::interval(tick);
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Watch schedules and the stats message.
+        let mut timers = tokio::time::interval(Duration::from_millis(200));
+        timers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = watchdog.tick() => {
                     self.cfg.systemd.keep_alive();
                 }
+                _ = timers.tick() => self.timers(),
+                Some(()) = reload.recv() => self.reload(),
                 ev = eventloop.poll() => match ev {
                     Ok(ev) => {
                         backoff = Duration::from_millis(250);
@@ -232,10 +262,7 @@ impl Session {
                     self.fifo.clear();
                     self.answers_in_flight.clear();
                 }
-                let sub = self.cfg.topics.subscribe.clone();
-                if let Err(e) = self.client.try_subscribe(sub.clone(), QoS::AtLeastOnce) {
-                    tracing::error!(topic = %sub, error = ?e, "cannot subscribe");
-                }
+                self.subscribe();
                 false
             }
             Event::Incoming(Packet::SubAck(_)) => {
@@ -253,7 +280,7 @@ impl Session {
                 true
             }
             Event::Incoming(Packet::Publish(p)) => {
-                self.on_request(p);
+                self.on_publish(p);
                 false
             }
             Event::Incoming(Packet::PubAck(ack)) => {
@@ -279,13 +306,273 @@ impl Session {
         }
     }
 
+    /// Requests (QoS 1, acknowledged with their answer), plus QoS 0 feeds:
+    /// the retained watch states (baselines after a restart, and leftovers
+    /// of removed watches) and Home Assistant's birth message and our
+    /// retained discovery configs (leftovers are cleared).
+    fn subscribe(&mut self) {
+        let t = &self.cfg.topics;
+        let mut filters = vec![
+            Filter::new(t.subscribe.clone(), QoS::AtLeastOnce),
+            Filter::new(t.watch_filter(), QoS::AtMostOnce),
+        ];
+        let ha = Discovery::new(
+            &self.cfg.config.homeassistant.prefix,
+            &self.cfg.device_id,
+            &self.cfg.model_name,
+        );
+        filters.push(Filter::new(ha.config_filter(), QoS::AtMostOnce));
+        if self.discovery.is_some() {
+            filters.push(Filter::new(ha.birth_topic(), QoS::AtMostOnce));
+        }
+        if let Err(e) = self.client.try_subscribe_many(filters) {
+            tracing::error!(error = ?e, "cannot subscribe");
+        }
+    }
+
     fn announce(&mut self) {
         let t = &self.cfg.topics;
         let (status, info) = (t.status.clone(), t.info.clone());
         // Info first: whoever sees `online` can read it.
-        let info_payload = self.cfg.info.clone().into_bytes();
+        let info_payload = (self.cfg.info)(&self.cfg.config).into_bytes();
         self.push(info, info_payload, true, None, OnAck::default());
         self.push(status, b"online".to_vec(), true, None, OnAck::default());
+        self.announce_discovery();
+        self.next_stats = Some(Instant::now());
+    }
+
+    fn announce_discovery(&mut self) {
+        let Some(d) = &self.discovery else { return };
+        let entities = d.all(self.watches.configs(), &self.cfg.topics);
+        for e in entities {
+            self.push(
+                e.topic,
+                e.payload.to_string().into_bytes(),
+                true,
+                None,
+                OnAck::default(),
+            );
+        }
+    }
+
+    /// Topics of the discovery configs the running config wants.
+    fn wanted_discovery(&self) -> BTreeSet<String> {
+        match &self.discovery {
+            Some(d) => d
+                .all(self.watches.configs(), &self.cfg.topics)
+                .into_iter()
+                .map(|e| e.topic)
+                .collect(),
+            None => BTreeSet::new(),
+        }
+    }
+
+    /// Removes a retained message (empty retained payload).
+    fn clear_retained(&mut self, topic: String) {
+        self.push(topic, Vec::new(), true, None, OnAck::default());
+    }
+
+    /// Routes an incoming publish: requests, or one of the QoS 0 feeds.
+    fn on_publish(&mut self, p: Publish) {
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        let ha_prefix = &self.cfg.config.homeassistant.prefix;
+        if topic.starts_with(ha_prefix.as_str()) && topic != self.cfg.topics.ask {
+            let ha = Discovery::new(ha_prefix, &self.cfg.device_id, &self.cfg.model_name);
+            if topic == ha.birth_topic() {
+                if self.discovery.is_some() && &p.payload[..] == b"online" {
+                    tracing::info!("Home Assistant is online: announcing the entities again");
+                    self.announce_discovery();
+                }
+                return;
+            }
+            if ha.owns(&topic) {
+                if !p.payload.is_empty() && !self.wanted_discovery().contains(&topic) {
+                    tracing::info!(
+                        topic,
+                        "removing a Home Assistant entity the config no longer has"
+                    );
+                    self.clear_retained(topic);
+                }
+                return;
+            }
+        }
+        if let Some(name) = self.cfg.topics.watch_name(&topic) {
+            let name = name.to_string();
+            if p.retain && !p.payload.is_empty() {
+                if self.watches.config(&name).is_none() {
+                    tracing::info!(
+                        watch = name,
+                        "clearing the retained state of a removed watch"
+                    );
+                    self.clear_retained(topic);
+                    self.clear_retained(self.cfg.topics.watch_snapshot(&name));
+                } else if let Ok(state) = serde_json::from_slice::<wire::WatchState>(&p.payload) {
+                    self.watches.recall(&name, &state);
+                }
+            }
+            return;
+        }
+        self.on_request(p);
+    }
+
+    /// Every 200 ms: queue the watches that are due, publish stats when due.
+    fn timers(&mut self) {
+        let now = Instant::now();
+        let connected = self.ever_connected && !self.outage_logged;
+        if connected {
+            if let Some(queue) = &self.queue {
+                let mut auto_id = self.auto_id;
+                let jobs =
+                    self.watches
+                        .due(now, &self.cfg.cameras, self.cfg.default_params, || {
+                            auto_id += 1;
+                            auto_id.to_string()
+                        });
+                self.auto_id = auto_id;
+                let mut refused = Vec::new();
+                for job in jobs {
+                    if let Origin::Watch { name, .. } = &job.origin {
+                        let name = name.clone();
+                        if queue.try_push(job).is_err() {
+                            refused.push(name);
+                        }
+                    }
+                }
+                for name in refused {
+                    self.watches.not_queued(&name);
+                }
+            }
+        }
+        let interval = self.cfg.config.stats.interval;
+        if connected && !interval.is_zero() && self.next_stats.is_some_and(|t| now >= t) {
+            self.next_stats = Some(now + interval);
+            let depth = self.queue.as_ref().map(|q| q.depth()).unwrap_or_default();
+            let busy = self.cfg.systemd.liveness.stalled_for().is_some();
+            let mut report = self.stats.report(depth, busy);
+            report["cameras"] = serde_json::to_value(
+                self.cfg
+                    .cameras
+                    .names()
+                    .iter()
+                    .filter_map(|n| self.cfg.cameras.get(n).map(|c| c.status()))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or_default();
+            let topic = self.cfg.topics.stats.clone();
+            self.push(
+                topic,
+                report.to_string().into_bytes(),
+                true,
+                None,
+                OnAck::default(),
+            );
+        }
+    }
+
+    /// SIGHUP: re-reads the config file and applies what can change live
+    /// (cameras, watches, limits, snapshots, stats, Home Assistant). The
+    /// model, threads, MQTT connection, device id and state dir stay as they
+    /// are (a restart applies them); an invalid file changes nothing.
+    fn reload(&mut self) {
+        let Some(path) = self.cfg.config_path.clone() else {
+            tracing::info!("SIGHUP: running without --config, nothing to reload");
+            return;
+        };
+        self.cfg.systemd.reloading();
+        let new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed; keeping the running config");
+                self.cfg
+                    .systemd
+                    .ready(&format!("reload failed ({e}); {}", self.cfg.serving_status));
+                return;
+            }
+        };
+        let old = self.cfg.config.clone();
+        let mut effective = new.clone();
+        let mut restart = Vec::new();
+        if new.device_id != old.device_id {
+            restart.push("device_id");
+            effective.device_id = old.device_id.clone();
+        }
+        if new.model != old.model || new.threads != old.threads || new.n_ctx != old.n_ctx {
+            restart.push("model/threads/n_ctx");
+            effective.model = old.model.clone();
+            effective.threads = old.threads;
+            effective.n_ctx = old.n_ctx;
+        }
+        if new.mqtt != old.mqtt {
+            restart.push("mqtt");
+            effective.mqtt = old.mqtt.clone();
+        }
+        if new.state_dir != old.state_dir
+            || new.limits.remember_answered != old.limits.remember_answered
+        {
+            restart.push("state_dir/limits.remember_answered");
+            effective.state_dir = old.state_dir.clone();
+            effective.limits.remember_answered = old.limits.remember_answered;
+        }
+        if !restart.is_empty() {
+            tracing::warn!(keys = ?restart, "these settings changed but apply only after a restart (systemctl restart blipd)");
+        }
+        let cameras = self.cfg.cameras.apply(&effective.cameras);
+        if let Some(q) = &self.queue {
+            q.set_capacity(effective.limits.queue);
+        }
+        *self.cfg.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = effective.snapshot.clone();
+        let old_entities = self.wanted_discovery();
+        let watches = self.watches.reconfigure(&effective, Instant::now());
+        for name in &watches.removed {
+            self.clear_retained(self.cfg.topics.watch(name));
+            self.clear_retained(self.cfg.topics.watch_snapshot(name));
+        }
+        if effective.stats.interval != old.stats.interval {
+            self.next_stats = Some(Instant::now());
+        }
+        let ha_changed = effective.homeassistant != old.homeassistant;
+        self.cfg.config = effective;
+        self.discovery = discovery_of(&self.cfg);
+        let new_entities = self.wanted_discovery();
+        for topic in old_entities.difference(&new_entities) {
+            self.clear_retained(topic.clone());
+        }
+        if ha_changed {
+            self.subscribe();
+        }
+        self.serving_status_update();
+        // Info (cameras, limits) and discovery (new or changed watches).
+        self.announce();
+        tracing::info!(
+            cameras_added = ?cameras.added, cameras_removed = ?cameras.removed, cameras_restarted = ?cameras.restarted,
+            watches_added = ?watches.added, watches_removed = ?watches.removed, watches_changed = ?watches.changed,
+            "config reloaded (model kept)"
+        );
+        let status = self.cfg.serving_status.clone();
+        self.cfg.systemd.ready(&status);
+    }
+
+    fn serving_status_update(&mut self) {
+        let names: Vec<String> = self.cfg.cameras.names().into_iter().collect();
+        self.cfg.serving_status = format!(
+            "serving {}: model {}, cameras {}, watches {}",
+            self.cfg.device_id,
+            self.cfg.model_name,
+            names.join(", "),
+            self.watches.names().count()
+        );
+    }
+
+    /// Publishes a snapshot (before the message that refers to it).
+    fn publish_snapshot(&mut self, topic: String, snap: Snapshot, retain: bool) -> SnapshotInfo {
+        let info = SnapshotInfo {
+            topic: topic.clone(),
+            width: snap.width,
+            height: snap.height,
+            bytes: snap.jpeg.len(),
+        };
+        self.push(topic, snap.jpeg, retain, None, OnAck::default());
+        info
     }
 
     fn acked(&mut self, done: OnAck) {
@@ -385,8 +672,64 @@ impl Session {
             WorkerEvent::Chunk { reply, chunk } => {
                 self.reply_json(&reply, &chunk, OnAck::default())
             }
-            WorkerEvent::Done { key, reply, result } => {
+            WorkerEvent::Done {
+                origin: Origin::Watch { name, trigger },
+                result,
+                snapshot,
+            } => {
+                match &result {
+                    Ok(a) => self.stats.answer(&a.timings, true),
+                    Err(_) => self.stats.watch_failed(),
+                }
+                if self.watches.config(&name).is_none() {
+                    return; // removed by a reload while it ran
+                }
+                let snap = snapshot
+                    .map(|s| self.publish_snapshot(self.cfg.topics.watch_snapshot(&name), s, true));
+                let Some(outcome) = self.watches.finished(&name, trigger, &result, snap) else {
+                    return;
+                };
+                match serde_json::to_vec(&outcome.state) {
+                    Ok(p) => self.push(
+                        self.cfg.topics.watch(&name),
+                        p,
+                        true,
+                        None,
+                        OnAck::default(),
+                    ),
+                    Err(e) => tracing::error!(error = %e, "cannot serialise watch state"),
+                }
+                if let Some(ev) = outcome.event {
+                    tracing::info!(watch = name, answer = %ev.answer, previous = ?ev.previous, "watch answer changed");
+                    match serde_json::to_vec(&ev) {
+                        Ok(p) => self.push(
+                            self.cfg.topics.watch_event(&name),
+                            p,
+                            false,
+                            None,
+                            OnAck::default(),
+                        ),
+                        Err(e) => tracing::error!(error = %e, "cannot serialise watch event"),
+                    }
+                }
+            }
+            WorkerEvent::Done {
+                origin: Origin::Request { key, reply, .. },
+                result,
+                snapshot,
+            } => {
                 let request = self.in_progress.remove(&key).flatten();
+                let mut result = result;
+                match &mut result {
+                    Ok(answer) => {
+                        self.stats.answer(&answer.timings, false);
+                        if let Some(s) = snapshot {
+                            let topic = self.cfg.topics.snapshot(&answer.id);
+                            answer.snapshot = Some(self.publish_snapshot(topic, s, false));
+                        }
+                    }
+                    Err(e) => self.stats.error(e.error.code),
+                }
                 let payload = match &result {
                     Ok(answer) => {
                         tracing::debug!(id = %answer.id, tokens = answer.tokens, total_ms = answer.timings.stages.total_ms as u64, "answered");
@@ -433,13 +776,13 @@ impl Session {
 
         // Error replies before an id is known go to the answer topic of a
         // generated id (or the v5 response topic).
-        if p.payload.len() > self.cfg.limits.max_payload_bytes {
+        if p.payload.len() > self.cfg.config.limits.max_payload_bytes {
             let id = self.next_id();
             let reply = self.reply_to(v5_reply, None, correlation, &id);
             let msg = format!(
                 "payload of {} bytes exceeds limits.max_payload_bytes = {}",
                 p.payload.len(),
-                self.cfg.limits.max_payload_bytes
+                self.cfg.config.limits.max_payload_bytes
             );
             self.refuse(p, &reply, &id, None, ErrorCode::LimitExceeded, msg);
             return;
@@ -512,7 +855,7 @@ impl Session {
         let camera = req
             .camera
             .clone()
-            .unwrap_or_else(|| self.cfg.default_camera.clone());
+            .unwrap_or_else(|| self.cfg.config.default_camera().to_string());
         let reply = self.reply_to(v5_reply, req.response_topic.clone(), correlation, &id);
         if let Err((code, msg)) = self.validate(&req, &camera) {
             self.refuse(p, &reply, &id, Some(camera), code, msg);
@@ -532,13 +875,16 @@ impl Session {
             });
         }
         let job = Job {
-            key: key.clone(),
             id: id.clone(),
             camera: camera.clone(),
             prompt: req.prompt,
             params,
-            stream: req.stream,
-            reply: reply.clone(),
+            snapshot: req.snapshot,
+            origin: Origin::Request {
+                key: key.clone(),
+                reply: reply.clone(),
+                stream: req.stream,
+            },
             enqueued: Instant::now(),
         };
         let Some(queue) = &self.queue else {
@@ -548,13 +894,14 @@ impl Session {
         match queue.try_push(job) {
             Ok(()) => {
                 tracing::debug!(id, camera, "request queued");
+                self.stats.accepted();
                 self.dedupe.start(&key);
                 self.in_progress.insert(key, Some(p));
             }
             Err(PushError::Full) => {
                 let msg = format!(
                     "the queue is full ({} waiting); retry later",
-                    self.cfg.limits.queue
+                    self.cfg.config.limits.queue
                 );
                 self.refuse(p, &reply, &id, Some(camera), ErrorCode::Busy, msg);
             }
@@ -573,7 +920,7 @@ impl Session {
     }
 
     fn validate(&self, req: &wire::Request, camera: &str) -> Result<(), (ErrorCode, String)> {
-        let l = &self.cfg.limits;
+        let l = &self.cfg.config.limits;
         if req.prompt.trim().is_empty() {
             return Err((ErrorCode::EmptyPrompt, "the prompt is empty".into()));
         }
@@ -622,9 +969,9 @@ impl Session {
                 ));
             }
         }
-        if !self.cfg.cameras.contains(camera) {
-            let mut known: Vec<_> = self.cfg.cameras.iter().map(String::as_str).collect();
-            known.sort_unstable();
+        let names = self.cfg.cameras.names();
+        if !names.contains(camera) {
+            let known: Vec<_> = names.iter().map(String::as_str).collect();
             return Err((
                 ErrorCode::UnknownCamera,
                 format!("no camera named {camera:?} (cameras: {})", known.join(", ")),
@@ -659,6 +1006,7 @@ impl Session {
         message: String,
     ) {
         tracing::debug!(id, ?code, %message, "request refused");
+        self.stats.error(code);
         let mut e = ErrorReply::new(id, code, message);
         e.camera = camera;
         self.reply_json(
@@ -675,4 +1023,11 @@ impl Session {
 /// A topic we may publish to: not empty, no wildcards, not a `$` system topic.
 fn valid_reply_topic(t: &str) -> bool {
     !t.is_empty() && !t.contains(['+', '#', '\0']) && !t.starts_with('$')
+}
+
+/// Discovery for the running config, when enabled.
+fn discovery_of(cfg: &SessionConfig) -> Option<Discovery> {
+    let ha = &cfg.config.homeassistant;
+    ha.discovery
+        .then(|| Discovery::new(&ha.prefix, &cfg.device_id, &cfg.model_name))
 }

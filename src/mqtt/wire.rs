@@ -6,7 +6,8 @@
 //! A request (JSON; every field but `prompt` optional):
 //! ```json
 //! {"id": "q1", "camera": "door", "prompt": "Is the garage door open?",
-//!  "max_tokens": 20, "temperature": 0.7, "top_p": 0.9, "seed": 1, "stream": false}
+//!  "max_tokens": 20, "temperature": 0.7, "top_p": 0.9, "seed": 1, "stream": false,
+//!  "snapshot": false}
 //! ```
 //! A payload that is not a JSON object is taken as the prompt for the
 //! default camera. The answer:
@@ -45,6 +46,9 @@ pub struct Request {
     pub seed: Option<u32>,
     #[serde(default)]
     pub stream: bool,
+    /// Also publish the JPEG of the answered frame (see [`SnapshotInfo`]).
+    #[serde(default)]
+    pub snapshot: bool,
     /// Where to answer, for MQTT 3.1.1 clients (v5 clients use the response
     /// topic property instead).
     #[serde(default)]
@@ -125,6 +129,79 @@ pub struct AnswerReply {
     /// True when the frame's image features came from the cache.
     pub vision_cached: bool,
     pub timings: Timings,
+    /// Where the JPEG of the answered frame went, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotInfo>,
+}
+
+/// A published snapshot: the JPEG bytes are the payload of `topic`,
+/// published just before the message that refers to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub topic: String,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: usize,
+}
+
+/// The retained state of a watch on `<prefix>/<device>/watch/<name>`:
+/// ```json
+/// {"name": "door", "camera": "garage", "prompt": "Is the garage door open?",
+///  "answer": "yes", "matched": true, "trigger": "schedule",
+///  "time": "2026-11-26T08:00:02.500Z", "frame_time": "2026-11-26T08:00:00.123Z",
+///  "changed_at": "2026-11-26T07:40:02.400Z", "tokens": 2, "model": "vicuna7b-q4",
+///  "timings": {"queue_ms": 0.1, "vision_ms": 2100.0, "...": 0.0}}
+/// ```
+/// After a failed run `error` is set and `answer` still holds the last good one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchState {
+    pub name: String,
+    pub camera: String,
+    pub prompt: String,
+    /// The newest successful answer (None until the first one).
+    pub answer: Option<String>,
+    /// Whether `answer` matches the watch's `only_if` (absent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<bool>,
+    pub trigger: crate::serve::worker::Trigger,
+    /// When this run finished.
+    pub time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_time: Option<String>,
+    /// When the answer last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// Published (not retained) on `<prefix>/<device>/watch/<name>/event` when a
+/// watch's answer changes (and matches `only_if`, when set):
+/// ```json
+/// {"name": "door", "camera": "garage", "answer": "yes", "previous": "no",
+///  "time": "2026-11-26T08:00:02.500Z", "frame_time": "2026-11-26T08:00:00.123Z",
+///  "trigger": "change"}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    pub name: String,
+    pub camera: String,
+    pub answer: String,
+    /// The answer before (None on the first answer the daemon knows of).
+    pub previous: Option<String>,
+    pub time: String,
+    pub frame_time: String,
+    pub trigger: crate::serve::worker::Trigger,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotInfo>,
 }
 
 /// A piece of a streamed answer: `text` is the new text since the previous

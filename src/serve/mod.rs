@@ -5,19 +5,23 @@
 //! load, graph optimisation) happens once, before the broker connection.
 
 pub mod broker;
+pub mod cameras;
 pub mod dedupe;
+pub mod homeassistant;
+pub mod stats;
 pub mod systemd;
+pub mod watch;
 pub mod worker;
 
 use crate::bundle::default_bundle_dir;
-use crate::camera::Camera;
 use crate::config::Config;
 use crate::llm::LlmOptions;
 use crate::mqtt::session::{Session, SessionConfig};
 use crate::mqtt::{self, Topics};
 use crate::{Pipeline, PipelineError, PipelineOptions};
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use cameras::Cameras;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +37,13 @@ pub enum ServeError {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `on_ready` is called once the model
-/// is loaded and the broker connection is up (systemd readiness).
-pub fn serve(cfg: Config, on_ready: impl FnMut() + Send) -> Result<(), ServeError> {
+/// is loaded and the broker connection is up (systemd readiness). SIGHUP
+/// re-reads `config_path` (see `Session::reload`).
+pub fn serve(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    on_ready: impl FnMut() + Send,
+) -> Result<(), ServeError> {
     let systemd = systemd::Systemd::from_env();
     let device_id = cfg.device_id();
     let mut mqtt_cfg = cfg.mqtt.clone();
@@ -60,6 +69,7 @@ pub fn serve(cfg: Config, on_ready: impl FnMut() + Send) -> Result<(), ServeErro
         verify_checksums: true,
     };
     systemd.status(&format!("loading model {}", model_dir.display()));
+    tracing::info!(model = %model_dir.display(), "loading model");
     let pipeline = Pipeline::load(&model_dir, &opts)?;
     let model_name = model_dir
         .file_name()
@@ -68,46 +78,23 @@ pub fn serve(cfg: Config, on_ready: impl FnMut() + Send) -> Result<(), ServeErro
     let default_params = pipeline.default_params();
     let llm_desc = pipeline.llm().description();
 
-    let cameras: HashMap<String, Camera> = cfg
-        .cameras
-        .iter()
-        .map(|c| (c.name.clone(), Camera::spawn(c.clone())))
-        .collect();
-    let camera_names: HashSet<String> = cameras.keys().cloned().collect();
-    let camera_info: Vec<_> = cfg
-        .cameras
-        .iter()
-        .map(|c| serde_json::json!({"name": c.name, "source": c.source}))
-        .collect();
-    let cameras = Arc::new(cameras);
-
+    let cameras = Arc::new(Cameras::start(&cfg.cameras));
     let topics = Topics::new(&mqtt_cfg, &device_id);
-    let info = serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "device_id": device_id,
-        "model": {"name": model_name, "llm": llm_desc, "path": model_dir.display().to_string()},
-        "cameras": camera_info,
-        "default_camera": cfg.default_camera(),
-        "limits": cfg.limits,
-        "topics": {"ask": topics.ask, "answer": format!("{}/{{id}}", topics.answer_prefix), "status": topics.status},
-        "started": mqtt::wire::rfc3339(std::time::SystemTime::now()),
-    })
-    .to_string();
+    let started = mqtt::wire::rfc3339(std::time::SystemTime::now());
+    let info = {
+        let (device_id, topics) = (device_id.clone(), topics.clone());
+        let model = serde_json::json!({"name": model_name, "llm": llm_desc, "path": model_dir.display().to_string()});
+        move |cfg: &Config| info(cfg, &device_id, &model, &topics, &started)
+    };
 
     let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
-    let serving_status = format!(
-        "serving {device_id}: model {model_name}, cameras {}",
-        cfg.cameras
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let snapshot = Arc::new(Mutex::new(cfg.snapshot.clone()));
     let (queue, worker) = worker::spawn(
         pipeline,
         cameras.clone(),
-        model_name,
+        model_name.clone(),
         cfg.limits.queue,
+        snapshot.clone(),
         ev_tx,
         systemd.liveness.clone(),
     )?;
@@ -119,14 +106,17 @@ pub fn serve(cfg: Config, on_ready: impl FnMut() + Send) -> Result<(), ServeErro
     let dedupe = dedupe::Dedupe::new(cfg.limits.remember_answered, cfg.state_dir.clone());
     let session_cfg = SessionConfig {
         topics: topics.clone(),
-        limits: cfg.limits.clone(),
-        default_camera: cfg.default_camera().to_string(),
-        cameras: camera_names,
+        config: cfg.clone(),
+        config_path,
+        cameras: cameras.clone(),
+        snapshot,
+        device_id: device_id.clone(),
+        model_name,
         default_params,
-        info,
+        info: Box::new(info),
         shutdown_grace: Duration::from_secs(30),
         systemd: systemd.clone(),
-        serving_status,
+        serving_status: String::new(),
     };
     systemd.status(&format!(
         "connecting to {}",
@@ -149,8 +139,10 @@ pub fn serve(cfg: Config, on_ready: impl FnMut() + Send) -> Result<(), ServeErro
     rt.block_on(async move {
         let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, 1024);
         let session = Session::new(client, session_cfg, queue, dedupe);
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(hangups(reload_tx));
         session
-            .run(eventloop, ev_rx, shutdown_signal(), || {
+            .run(eventloop, ev_rx, shutdown_signal(), reload_rx, || {
                 if !ready_sent {
                     ready_sent = true;
                     on_ready();
@@ -168,9 +160,63 @@ pub fn serve(cfg: Config, on_ready: impl FnMut() + Send) -> Result<(), ServeErro
     if worker.is_finished() {
         let _ = worker.join();
     }
-    drop(cameras);
+    cameras.clear();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The retained info message: what this daemon runs and how to reach it.
+fn info(
+    cfg: &Config,
+    device_id: &str,
+    model: &serde_json::Value,
+    topics: &Topics,
+    started: &str,
+) -> String {
+    let cameras: Vec<_> = cfg
+        .cameras
+        .iter()
+        .map(|c| serde_json::json!({"name": c.name, "source": c.source}))
+        .collect();
+    let watches: Vec<_> = cfg
+        .watches
+        .iter()
+        .map(|w| serde_json::json!({"name": w.name, "camera": cfg.watch_camera(w), "prompt": w.prompt, "topic": topics.watch(&w.name)}))
+        .collect();
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "device_id": device_id,
+        "model": model,
+        "cameras": cameras,
+        "default_camera": cfg.default_camera(),
+        "watches": watches,
+        "limits": cfg.limits,
+        "topics": {
+            "ask": topics.ask,
+            "answer": format!("{}/{{id}}", topics.answer_prefix),
+            "status": topics.status,
+            "stats": topics.stats,
+            "snapshot": topics.snapshot("{id}"),
+            "watch": topics.watch("{name}"),
+        },
+        "started": started,
+    })
+    .to_string()
+}
+
+/// Forwards SIGHUP to the session as reload requests.
+async fn hangups(tx: tokio::sync::mpsc::UnboundedSender<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler; config reload is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        if tx.send(()).is_err() {
+            return;
+        }
+    }
 }
 
 async fn shutdown_signal() {

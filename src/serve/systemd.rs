@@ -88,6 +88,16 @@ impl Systemd {
         ]);
     }
 
+    /// A config reload starts (`ready` again when it is done).
+    pub fn reloading(&self) {
+        let mut states = vec![sd_notify::NotifyState::Reloading];
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        states.push(sd_notify::NotifyState::Status("reloading the config"));
+        self.send(&states);
+    }
+
     pub fn stopping(&self) {
         self.send(&[
             sd_notify::NotifyState::Stopping,
@@ -129,5 +139,25 @@ mod tests {
         assert!(l.stalled_for().unwrap() < Duration::from_millis(50));
         l.idle();
         assert_eq!(l.stalled_for(), None);
+    }
+
+    #[test]
+    fn a_stalled_worker_starves_the_watchdog_a_progressing_one_does_not() {
+        let sd = Systemd {
+            watchdog: Some(Duration::from_millis(100)),
+            liveness: Arc::new(Liveness::default()),
+        };
+        assert!(sd.keep_alive(), "idle worker: feed");
+        // A long answer that keeps producing tokens: fed all along.
+        for _ in 0..4 {
+            sd.liveness.progress();
+            std::thread::sleep(Duration::from_millis(40));
+            assert!(sd.keep_alive());
+        }
+        // Hung inside a job: no progress for a whole period -> not fed.
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(!sd.keep_alive());
+        sd.liveness.idle();
+        assert!(sd.keep_alive());
     }
 }

@@ -3,16 +3,18 @@
 //! the bounded queue in front of it is what turns overload into `busy`
 //! replies instead of an ever-growing backlog.
 
-use crate::camera::{Camera, CameraError, Frame};
+use crate::camera::{CameraError, Frame};
+use crate::config::SnapshotConfig;
 use crate::llm::{GenerateParams, TextStream};
 use crate::mqtt::wire::{self, AnswerReply, ErrorCode, ErrorReply, Timings};
 use crate::pipeline::FrameFeatures;
+use crate::serve::cameras::Cameras;
 use crate::serve::systemd::Liveness;
 use crate::{Pipeline, PipelineError};
 use image::RgbImage;
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -23,21 +25,55 @@ pub struct ReplyTo {
     pub correlation: Option<Vec<u8>>,
 }
 
-/// One accepted request, ready to run.
+/// Why a watch runs now (reported in its state message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// First run after start or reload, so the retained state is current.
+    Start,
+    Schedule,
+    Change,
+}
+
+/// Who gets the result of a job.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// An MQTT request: replied to, deduplicated by `key`.
+    Request {
+        /// Deduplication key (see `serve::dedupe`).
+        key: String,
+        reply: ReplyTo,
+        stream: bool,
+    },
+    /// A standing question of the config.
+    Watch { name: String, trigger: Trigger },
+}
+
+/// One accepted job, ready to run.
 #[derive(Debug, Clone)]
 pub struct Job {
-    /// Deduplication key (see `serve::dedupe`).
-    pub key: String,
     pub id: String,
     pub camera: String,
     pub prompt: String,
     pub params: GenerateParams,
-    pub stream: bool,
-    pub reply: ReplyTo,
+    /// Also encode the answered frame as JPEG.
+    pub snapshot: bool,
+    pub origin: Origin,
     pub enqueued: Instant,
 }
 
+/// The JPEG of an answered frame.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub jpeg: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+}
+
 /// What the worker reports back to the MQTT task.
+// One event per job or chunk, moved once through a channel: boxing the
+// larger variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum WorkerEvent {
     /// New text of a streamed answer.
@@ -47,16 +83,10 @@ pub enum WorkerEvent {
     },
     /// The job is finished: exactly one per job.
     Done {
-        key: String,
-        reply: ReplyTo,
+        origin: Origin,
         result: Result<AnswerReply, ErrorReply>,
+        snapshot: Option<Snapshot>,
     },
-}
-
-/// The sending side of the bounded queue.
-#[derive(Clone)]
-pub struct Queue {
-    tx: SyncSender<Job>,
 }
 
 /// Why a job was not queued.
@@ -66,27 +96,139 @@ pub enum PushError {
     WorkerStopped,
 }
 
-impl Queue {
-    /// Enqueues without waiting.
-    pub fn try_push(&self, job: Job) -> Result<(), PushError> {
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => PushError::Full,
-            TrySendError::Disconnected(_) => PushError::WorkerStopped,
-        })
+/// The queue in front of the worker, in two lanes served alternately:
+/// on-demand requests (bounded; overflow gets `busy`) and watches (at most
+/// one pending run per watch, coalesced by the scheduler). Alternating keeps
+/// a burst of requests from starving the watches and a dozen watches from
+/// starving requests.
+#[derive(Default)]
+struct Lanes {
+    requests: VecDeque<Job>,
+    watches: VecDeque<Job>,
+    capacity: usize,
+    /// The last job taken was a request: a waiting watch goes next.
+    last_was_request: bool,
+    closed: bool,
+}
+
+impl Lanes {
+    fn pop(&mut self) -> Option<Job> {
+        let watch_first = self.last_was_request;
+        let job = if watch_first {
+            self.watches
+                .pop_front()
+                .or_else(|| self.requests.pop_front())
+        } else {
+            self.requests
+                .pop_front()
+                .or_else(|| self.watches.pop_front())
+        };
+        if let Some(j) = &job {
+            self.last_was_request = matches!(j.origin, Origin::Request { .. });
+        }
+        job
     }
 }
 
-/// Starts the worker thread. It stops when every [`Queue`] is dropped,
-/// after finishing the job in hand.
+type Shared = Arc<(Mutex<Lanes>, Condvar)>;
+
+/// The producing side of the queue, owned by the MQTT task. Dropping it
+/// closes the queue: the worker answers the requests already queued and stops.
+pub struct Queue {
+    shared: Shared,
+}
+
+impl Queue {
+    fn lanes(&self) -> std::sync::MutexGuard<'_, Lanes> {
+        self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enqueues without waiting. Requests beyond the capacity are refused;
+    /// watch jobs always fit (the scheduler keeps one per watch).
+    pub fn try_push(&self, job: Job) -> Result<(), PushError> {
+        let mut l = self.lanes();
+        if l.closed {
+            return Err(PushError::WorkerStopped);
+        }
+        match job.origin {
+            Origin::Request { .. } => {
+                if l.requests.len() >= l.capacity {
+                    return Err(PushError::Full);
+                }
+                l.requests.push_back(job);
+            }
+            Origin::Watch { .. } => l.watches.push_back(job),
+        }
+        drop(l);
+        self.shared.1.notify_one();
+        Ok(())
+    }
+
+    /// Changes the request lane's capacity (config reload).
+    pub fn set_capacity(&self, capacity: usize) {
+        self.lanes().capacity = capacity.max(1);
+    }
+
+    /// Requests and watch runs waiting (not counting the one in hand).
+    pub fn depth(&self) -> (usize, usize) {
+        let l = self.lanes();
+        (l.requests.len(), l.watches.len())
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        let mut l = self.lanes();
+        l.closed = true;
+        // Watch runs are not owed to anyone.
+        l.watches.clear();
+        drop(l);
+        self.shared.1.notify_all();
+    }
+}
+
+/// The worker's side: blocks for the next job; None once closed and empty.
+struct Intake {
+    shared: Shared,
+}
+
+impl Intake {
+    fn next(&self) -> Option<Job> {
+        let (lock, cv) = &*self.shared;
+        let mut l = lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(j) = l.pop() {
+                return Some(j);
+            }
+            if l.closed {
+                return None;
+            }
+            l = cv.wait(l).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Starts the worker thread. It stops when the [`Queue`] is dropped,
+/// after answering the requests already queued.
 pub fn spawn(
     pipeline: Pipeline,
-    cameras: Arc<HashMap<String, Camera>>,
+    cameras: Arc<Cameras>,
     model_name: String,
     queue_len: usize,
+    snapshot: Arc<Mutex<SnapshotConfig>>,
     events: UnboundedSender<WorkerEvent>,
     liveness: Arc<Liveness>,
 ) -> std::io::Result<(Queue, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(queue_len);
+    let shared: Shared = Arc::new((
+        Mutex::new(Lanes {
+            capacity: queue_len.max(1),
+            ..Default::default()
+        }),
+        Condvar::new(),
+    ));
+    let intake = Intake {
+        shared: shared.clone(),
+    };
     let handle = std::thread::Builder::new()
         .name("inference".into())
         .spawn(move || {
@@ -95,12 +237,13 @@ pub fn spawn(
                 cameras,
                 model_name,
                 cache: HashMap::new(),
+                snapshot,
                 events,
                 liveness,
             };
-            w.run(rx)
+            w.run(intake)
         })?;
-    Ok((Queue { tx }, handle))
+    Ok((Queue { shared }, handle))
 }
 
 struct CachedFeatures {
@@ -110,39 +253,79 @@ struct CachedFeatures {
 
 struct Worker {
     pipeline: Pipeline,
-    cameras: Arc<HashMap<String, Camera>>,
+    cameras: Arc<Cameras>,
     model_name: String,
     /// Newest image features per camera: a second question about the same
     /// frame skips the vision encoder.
     cache: HashMap<String, CachedFeatures>,
+    snapshot: Arc<Mutex<SnapshotConfig>>,
     events: UnboundedSender<WorkerEvent>,
     liveness: Arc<Liveness>,
 }
 
 impl Worker {
-    fn run(&mut self, rx: Receiver<Job>) {
-        while let Ok(job) = rx.recv() {
+    fn run(&mut self, intake: Intake) {
+        while let Some(job) = intake.next() {
             let span = tracing::info_span!("job", id = %job.id, camera = %job.camera);
             let _g = span.enter();
-            let key = job.key.clone();
-            let reply = job.reply.clone();
             self.liveness.progress();
-            let result = self.answer(&job).map_err(|(code, message)| {
-                tracing::debug!(?code, %message, "request failed");
-                let mut e = ErrorReply::new(job.id.clone(), code, message);
-                e.camera = Some(job.camera.clone());
-                e
-            });
+            let (result, snapshot) = match self.answer(&job) {
+                Ok((answer, frame)) => {
+                    let snapshot = job.snapshot.then(|| self.encode(&frame)).flatten();
+                    (Ok(answer), snapshot)
+                }
+                Err((code, message)) => {
+                    tracing::debug!(?code, %message, "job failed");
+                    let mut e = ErrorReply::new(job.id.clone(), code, message);
+                    e.camera = Some(job.camera.clone());
+                    (Err(e), None)
+                }
+            };
             self.liveness.idle();
-            if self
-                .events
-                .send(WorkerEvent::Done { key, reply, result })
-                .is_err()
-            {
+            let done = WorkerEvent::Done {
+                origin: job.origin,
+                result,
+                snapshot,
+            };
+            if self.events.send(done).is_err() {
                 break;
             }
         }
         tracing::debug!("inference worker stopped");
+    }
+
+    /// JPEG of the answered frame, scaled down to `snapshot.max_width`.
+    fn encode(&self, frame: &Frame) -> Option<Snapshot> {
+        let cfg = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let img = &*frame.image;
+        let scaled;
+        let img = if img.width() > cfg.max_width {
+            let h = ((img.height() as u64 * cfg.max_width as u64) / img.width() as u64).max(1);
+            scaled = image::imageops::resize(
+                img,
+                cfg.max_width,
+                h as u32,
+                image::imageops::FilterType::Triangle,
+            );
+            &scaled
+        } else {
+            img
+        };
+        match turbojpeg::compress_image(img, cfg.quality as i32, turbojpeg::Subsamp::Sub2x2) {
+            Ok(buf) => Some(Snapshot {
+                jpeg: buf.to_vec(),
+                width: img.width(),
+                height: img.height(),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode the snapshot");
+                None
+            }
+        }
     }
 
     fn features(
@@ -166,7 +349,7 @@ impl Worker {
         Ok((f, false))
     }
 
-    fn answer(&mut self, job: &Job) -> Result<AnswerReply, (ErrorCode, String)> {
+    fn answer(&mut self, job: &Job) -> Result<(AnswerReply, Frame), (ErrorCode, String)> {
         let queue_ms = job.enqueued.elapsed().as_secs_f64() * 1e3;
         let cam = self.cameras.get(&job.camera).ok_or_else(|| {
             (
@@ -193,9 +376,18 @@ impl Worker {
             features
         };
 
-        let mut streamer = job
-            .stream
-            .then(|| Streamer::new(job, self.pipeline.llm().detokenizer()));
+        let mut streamer = match &job.origin {
+            Origin::Request {
+                reply,
+                stream: true,
+                ..
+            } => Some(Streamer::new(
+                job.id.clone(),
+                reply.clone(),
+                self.pipeline.llm().detokenizer(),
+            )),
+            _ => None,
+        };
         let events = &self.events;
         let liveness = &self.liveness;
         let answer = self
@@ -210,7 +402,7 @@ impl Worker {
         if let Some(s) = streamer.as_mut() {
             s.finish(&answer.text, events);
         }
-        Ok(AnswerReply {
+        let reply = AnswerReply {
             id: job.id.clone(),
             camera: job.camera.clone(),
             answer: answer.text,
@@ -223,7 +415,9 @@ impl Worker {
                 queue_ms,
                 stages: answer.timings,
             },
-        })
+            snapshot: None,
+        };
+        Ok((reply, frame))
     }
 }
 
@@ -254,10 +448,10 @@ struct Streamer {
 }
 
 impl Streamer {
-    fn new(job: &Job, detok: crate::llm::Detokenizer) -> Self {
+    fn new(id: String, reply: ReplyTo, detok: crate::llm::Detokenizer) -> Self {
         Self {
-            id: job.id.clone(),
-            reply: job.reply.clone(),
+            id,
+            reply,
             text: TextStream::new(detok),
             seq: 0,
         }
@@ -292,5 +486,69 @@ impl Streamer {
                 "streamed text diverged from the final answer; the final answer is authoritative"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(watch: bool, n: usize) -> Job {
+        Job {
+            id: format!("{}{n}", if watch { "w" } else { "r" }),
+            camera: "c".into(),
+            prompt: "p".into(),
+            params: GenerateParams {
+                max_new_tokens: 1,
+                sampling: None,
+            },
+            snapshot: false,
+            origin: if watch {
+                Origin::Watch {
+                    name: format!("w{n}"),
+                    trigger: Trigger::Schedule,
+                }
+            } else {
+                Origin::Request {
+                    key: format!("k{n}"),
+                    reply: ReplyTo {
+                        topic: "t".into(),
+                        correlation: None,
+                    },
+                    stream: false,
+                }
+            },
+            enqueued: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn lanes_alternate_and_requests_are_bounded() {
+        let shared: Shared = Arc::new((
+            Mutex::new(Lanes {
+                capacity: 3,
+                ..Default::default()
+            }),
+            Condvar::new(),
+        ));
+        let q = Queue {
+            shared: shared.clone(),
+        };
+        for i in 0..3 {
+            q.try_push(job(false, i)).unwrap();
+        }
+        assert_eq!(q.try_push(job(false, 9)), Err(PushError::Full));
+        for i in 0..5 {
+            q.try_push(job(true, i)).unwrap(); // watches are not bounded by `capacity`
+        }
+        assert_eq!(q.depth(), (3, 5));
+        let intake = Intake { shared };
+        let order: Vec<String> = (0..6).map(|_| intake.next().unwrap().id).collect();
+        assert_eq!(order, ["r0", "w0", "r1", "w1", "r2", "w2"]);
+        // Closing drops the watch runs, keeps the requests owed an answer.
+        q.try_push(job(false, 3)).unwrap();
+        drop(q);
+        assert_eq!(intake.next().unwrap().id, "r3");
+        assert!(intake.next().is_none());
     }
 }

@@ -3,6 +3,7 @@
 //! daemon crash, a camera that disappears, a shared-subscription fleet and
 //! the zero-config embedded broker.
 
+mod appliance;
 mod harness;
 
 use harness::*;
