@@ -266,11 +266,21 @@ fn file_error(path: &Path, source: std::io::Error) -> BundleError {
     }
 }
 
-/// The bundle used when none is configured: the tiny test bundle of the
-/// source tree (random weights: it exercises every stage, its answers are
-/// not meant to be read).
+/// Where the packages (.deb) install the tiny bundle.
+pub const INSTALLED_DEMO_BUNDLE: &str = "/usr/share/blipd/tiny-a";
+
+/// The bundle used when none is configured: the tiny test bundle (random
+/// weights: it exercises every stage, its answers are not meant to be read),
+/// from the source tree this binary was built in, else where the package
+/// installed it.
 pub fn default_bundle_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-a")
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-a");
+    let installed = PathBuf::from(INSTALLED_DEMO_BUNDLE);
+    if !source.join("bundle.json").is_file() && installed.join("bundle.json").is_file() {
+        installed
+    } else {
+        source
+    }
 }
 
 /// Hex sha256 of a file, streamed.

@@ -43,6 +43,10 @@ pub struct Config {
     /// Context length for the LLM (0 = the model's).
     #[serde(default)]
     pub n_ctx: u32,
+    /// LLM layers offloaded to the GPU (Jetson); needs a build with the
+    /// `cuda` feature. 0 = CPU only; 999 = all.
+    #[serde(default)]
+    pub gpu_layers: u32,
     #[serde(default)]
     pub mqtt: MqttConfig,
     #[serde(default)]
@@ -397,6 +401,12 @@ impl Config {
         };
         if let Some(id) = &self.device_id {
             check_topic_level(id).map_err(|m| invalid("device_id", m))?;
+        }
+        if self.gpu_layers > 0 && !cfg!(feature = "cuda") {
+            return Err(invalid(
+                "gpu_layers",
+                "this blipd was built without GPU support (cargo build --features cuda)".into(),
+            ));
         }
         if self.threads == Some(0) {
             return Err(invalid("threads", "must be at least 1".into()));

@@ -496,11 +496,16 @@ impl Session {
             restart.push("device_id");
             effective.device_id = old.device_id.clone();
         }
-        if new.model != old.model || new.threads != old.threads || new.n_ctx != old.n_ctx {
-            restart.push("model/threads/n_ctx");
+        if new.model != old.model
+            || new.threads != old.threads
+            || new.n_ctx != old.n_ctx
+            || new.gpu_layers != old.gpu_layers
+        {
+            restart.push("model/threads/n_ctx/gpu_layers");
             effective.model = old.model.clone();
             effective.threads = old.threads;
             effective.n_ctx = old.n_ctx;
+            effective.gpu_layers = old.gpu_layers;
         }
         if new.mqtt != old.mqtt {
             restart.push("mqtt");

@@ -64,7 +64,10 @@ pub fn serve(
         llm: LlmOptions {
             threads: threads as i32,
             n_ctx: cfg.n_ctx,
-            ..Default::default()
+            model: crate::llm::ffi::ModelParams {
+                gpu_layers: cfg.gpu_layers.min(i32::MAX as u32) as i32,
+                ..Default::default()
+            },
         },
         verify_checksums: true,
     };

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Runs `blipd ask` (typically the aarch64 binary under qemu-aarch64) on every
+golden case of the tiny fixture bundles and compares its greedy token ids with
+the ones HF transformers produced (tests/fixtures/goldens/*.json).
+
+    cross/check_goldens.py dist/blipd-aarch64-generic [--runner "qemu-aarch64 -L /usr/aarch64-linux-gnu"]
+
+Exits 1 if any case differs. Standard library only.
+"""
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "tests" / "fixtures"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("binary")
+    ap.add_argument("--runner", default="qemu-aarch64 -L /usr/aarch64-linux-gnu",
+                    help='command prefix ("" to run the binary directly)')
+    ap.add_argument("--bundles", default="tiny-a,tiny-b")
+    args = ap.parse_args()
+
+    runner = shlex.split(args.runner)
+    failures = 0
+    total = 0
+    for bundle in args.bundles.split(","):
+        goldens = json.loads((FIX / "goldens" / f"{bundle}.json").read_text())
+        for case in goldens["cases"]:
+            cmd = runner + [args.binary, "ask", "--model", str(FIX / bundle),
+                            "--image", str(FIX / "images" / case["image"]),
+                            "--max-tokens", str(goldens["max_new_tokens"]),
+                            "--json", case["prompt"]]
+            t0 = time.monotonic()
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            secs = time.monotonic() - t0
+            total += 1
+            if out.returncode != 0:
+                failures += 1
+                print(f"FAIL {bundle} {case['image']} {case['prompt'][:30]!r}: exit {out.returncode}\n{out.stderr}")
+                continue
+            got = json.loads(out.stdout)["tokens"]
+            want = case["tokens"]
+            same = got == want
+            failures += not same
+            agree = sum(a == b for a, b in zip(got, want))
+            print(f"{'ok  ' if same else 'FAIL'} {bundle} {case['image']:12} {case['prompt'][:32]!r:36} "
+                  f"{agree}/{len(want)} tokens identical ({secs:.1f} s)")
+    print(f"{total - failures}/{total} cases token-identical to the transformers goldens")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
