@@ -358,11 +358,15 @@ def llama_vocab(ckpt: Path, tokenizer, n_rows: int):
     return tokens, scores, types, sp
 
 
-def write_gguf(model, tokenizer, ckpt: Path, path: Path, llm_type: str) -> dict:
+def write_gguf(model, tokenizer, ckpt: Path, path: Path, llm_type: str, n_layers: int | None = None) -> dict:
+    """`n_layers` above the checkpoint's layer count repeats its last layer
+    (same arrays, written again): for full-depth random-weight speed models
+    (models/make_random.py) without holding every layer in memory."""
     import gguf
     import numpy as np
 
     tc = model.config.text_config
+    n_blocks = max(int(n_layers or 0), int(tc.num_hidden_layers))
     lm = model.language_model
     state = {k: v.detach().float().numpy() for k, v in lm.state_dict().items()}
     state["lm_head.weight"] = model.get_output_embeddings().weight.detach().float().numpy()
@@ -391,7 +395,7 @@ def write_gguf(model, tokenizer, ckpt: Path, path: Path, llm_type: str) -> dict:
     w.add_name(ckpt.name)
     w.add_context_length(int(tc.max_position_embeddings))
     w.add_embedding_length(int(tc.hidden_size))
-    w.add_block_count(int(tc.num_hidden_layers))
+    w.add_block_count(n_blocks)
     w.add_feed_forward_length(int(tc.intermediate_size))
     w.add_rope_dimension_count(int(head_dim))
     w.add_head_count(int(n_head))
@@ -419,25 +423,41 @@ def write_gguf(model, tokenizer, ckpt: Path, path: Path, llm_type: str) -> dict:
     # SentencePiece LLaMA tokenizers prepend a space ("▁") to the text.
     w.add_add_space_prefix(True)
 
-    def add(name, arr, quantizable=True):
+    converted = {}
+
+    def add(name, arr, quantizable=True, key=None):
+        # `key`: the source tensor; a repeated layer reuses its converted array.
+        if key is not None and key in converted:
+            w.add_tensor(name, converted[key])
+            return
         arr = np.ascontiguousarray(arr)
         if arr.ndim == 1 or not quantizable:
-            w.add_tensor(name, arr.astype(np.float32))
+            arr = arr.astype(np.float32)
         else:
-            w.add_tensor(name, arr.astype(float_type))
+            arr = arr.astype(float_type)
+        if key is not None:
+            converted[key] = arr
+        w.add_tensor(name, arr)
 
     add("token_embd.weight", embd)
-    for i in range(tc.num_hidden_layers):
-        p = f"layers.{i}."
-        add(f"blk.{i}.attn_norm.weight", get(p + "input_layernorm.weight"))
-        add(f"blk.{i}.attn_q.weight", permute_qk(get(p + "self_attn.q_proj.weight"), n_head))
-        add(f"blk.{i}.attn_k.weight", permute_qk(get(p + "self_attn.k_proj.weight"), n_kv))
-        add(f"blk.{i}.attn_v.weight", get(p + "self_attn.v_proj.weight"))
-        add(f"blk.{i}.attn_output.weight", get(p + "self_attn.o_proj.weight"))
-        add(f"blk.{i}.ffn_norm.weight", get(p + "post_attention_layernorm.weight"))
-        add(f"blk.{i}.ffn_gate.weight", get(p + "mlp.gate_proj.weight"))
-        add(f"blk.{i}.ffn_up.weight", get(p + "mlp.up_proj.weight"))
-        add(f"blk.{i}.ffn_down.weight", get(p + "mlp.down_proj.weight"))
+    for i in range(n_blocks):
+        src = min(i, tc.num_hidden_layers - 1)
+        p = f"layers.{src}."
+        for dst, name, fn in [
+            ("attn_norm", "input_layernorm.weight", None),
+            ("attn_q", "self_attn.q_proj.weight", n_head),
+            ("attn_k", "self_attn.k_proj.weight", n_kv),
+            ("attn_v", "self_attn.v_proj.weight", None),
+            ("attn_output", "self_attn.o_proj.weight", None),
+            ("ffn_norm", "post_attention_layernorm.weight", None),
+            ("ffn_gate", "mlp.gate_proj.weight", None),
+            ("ffn_up", "mlp.up_proj.weight", None),
+            ("ffn_down", "mlp.down_proj.weight", None),
+        ]:
+            t = get(p + name) if f"{src}.{name}" not in converted else None
+            if t is not None and fn is not None:
+                t = permute_qk(t, fn)
+            add(f"blk.{i}.{dst}.weight", t, key=f"{src}.{name}")
     add("output_norm.weight", get("norm.weight"))
     add("output.weight", state["lm_head.weight"])
     w.write_header_to_file()
@@ -507,7 +527,8 @@ def versions() -> dict:
     }
 
 
-def export(src: str, out_dir: Path, llm_type: str, blipd: str | None, force: bool, label: str | None = None) -> dict:
+def export(src: str, out_dir: Path, llm_type: str, blipd: str | None, force: bool, label: str | None = None,
+           n_layers: int | None = None, intermediate: str = "f32") -> dict:
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ExportError(f"{out_dir} exists and is not empty (pass --force to replace it)")
     if llm_type not in LLM_TYPES:
@@ -545,14 +566,15 @@ def export(src: str, out_dir: Path, llm_type: str, blipd: str | None, force: boo
 
         gguf_name = "llm.gguf"
         if quantizer:
-            llm = write_gguf(model, tokenizer, ckpt, tmp / "llm-f32.gguf", "f32")
+            unquantized = tmp / f"llm-{intermediate}.gguf"
+            llm = write_gguf(model, tokenizer, ckpt, unquantized, intermediate, n_layers)
             log(f"quantizing to {llm_type} with {quantizer}")
-            r = subprocess.run([quantizer, "quantize", str(tmp / "llm-f32.gguf"), str(tmp / gguf_name), llm_type])
+            r = subprocess.run([quantizer, "quantize", str(unquantized), str(tmp / gguf_name), llm_type])
             if r.returncode != 0:
                 raise ExportError(f"blipd quantize failed with exit code {r.returncode}")
-            (tmp / "llm-f32.gguf").unlink()
+            unquantized.unlink()
         else:
-            llm = write_gguf(model, tokenizer, ckpt, tmp / gguf_name, llm_type)
+            llm = write_gguf(model, tokenizer, ckpt, tmp / gguf_name, llm_type, n_layers)
 
         if graphs["query_shape"][2] != llm["hidden_size"]:
             raise ExportError("language_projection width differs from the LLM hidden size")

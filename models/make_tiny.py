@@ -236,7 +236,7 @@ def build_checkpoint(name: str, preset: dict, ckpt: Path) -> None:
         image_processor = BlipImageProcessorPil(size={"height": preset["image_size"], "width": preset["image_size"]})
         processor = InstructBlipProcessor(image_processor, tok, qtok, num_query_tokens=preset["num_query_tokens"])
         image_token_id = tok.convert_tokens_to_ids("<image>")
-        n_vocab = len(tok) + preset["extra_rows"]
+        n_vocab = preset.get("vocab_rows") or len(tok) + preset["extra_rows"]
         config = InstructBlipConfig(
             vision_config=dict(image_size=preset["image_size"], patch_size=preset["patch_size"],
                                layer_norm_eps=1e-6, **preset["vision"]),

@@ -6,8 +6,10 @@
 //! [`pipeline`] wires them; [`bundle`] reads the exported model directory.
 //! The daemon: [`camera`] (frames in), [`mqtt`] (questions in, answers out),
 //! [`serve`] (worker, queue, wiring), [`config`].
-//! [`doctor`] checks a board (config, bundle, memory, cameras, broker) before and after install.
+//! [`doctor`] checks a board (config, bundle, memory, cameras, broker) before and after install;
+//! [`bench`] measures every stage on it.
 
+pub mod bench;
 pub mod bundle;
 pub mod camera;
 pub mod config;

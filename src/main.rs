@@ -33,6 +33,44 @@ enum Command {
     Quantize(QuantizeArgs),
     /// Check this machine for the daemon: config, bundle, memory, cameras, broker, state dir.
     Doctor(DoctorArgs),
+    /// Measure every stage on this machine: load, vision, Q-Former, prefill, decode, memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Bundle directory [default: $BLIPD_MODEL, else the tiny test bundle].
+    #[arg(long, env = "BLIPD_MODEL")]
+    model: Option<PathBuf>,
+    /// Image to answer about [default: a generated 640x480 test picture].
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Threads for every stage [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Measured rounds (each: a new frame, a question, a second question about it).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Unreported rounds first (page in weights, warm caches).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Tokens per answer.
+    #[arg(long, default_value_t = 20)]
+    tokens: usize,
+    /// Keep llama.cpp's weights in their file layout (no repacking: less
+    /// resident memory, slower quantized matmuls on some CPUs).
+    #[arg(long)]
+    no_repack: bool,
+    /// Read the GGUF into memory instead of memory-mapping it.
+    #[arg(long)]
+    no_mmap: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Wait for a line on stdin before each round and print each round as a
+    /// JSON line (for models/compare.py, which alternates runtimes).
+    #[arg(long)]
+    lockstep: bool,
 }
 
 #[derive(Args)]
@@ -149,6 +187,7 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig(c) => check_config(c),
         Command::Quantize(q) => quantize(q),
         Command::Doctor(d) => doctor(d),
+        Command::Bench(b) => bench(b),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -169,6 +208,47 @@ fn init_logging(filter: &str) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn bench(b: BenchArgs) -> Result<()> {
+    let model = b
+        .model
+        .clone()
+        .unwrap_or_else(blipd::bundle::default_bundle_dir);
+    let mut opts = PipelineOptions::default();
+    if let Some(t) = b.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        opts.threads = t;
+        opts.llm.threads = t as i32;
+    }
+    if b.runs == 0 || b.tokens == 0 {
+        bail!("--runs and --tokens must be at least 1");
+    }
+    opts.llm.model.repack = !b.no_repack;
+    opts.llm.model.use_mmap = !b.no_mmap;
+    let image = match &b.image {
+        Some(p) => blipd::preprocess::load_rgb(p)?,
+        None => blipd::bench::test_image(),
+    };
+    let bench = blipd::bench::BenchOptions {
+        runs: b.runs,
+        warmup: b.warmup,
+        tokens: b.tokens,
+        lockstep: b.lockstep,
+        ..Default::default()
+    };
+    let report = blipd::bench::run(&model, &opts, &bench, &image)
+        .with_context(|| format!("benchmarking {}", model.display()))?;
+    if b.lockstep {
+        println!("{}", serde_json::to_string(&report)?);
+    } else if b.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
 }
 
 fn ask(a: AskArgs) -> Result<()> {

@@ -267,3 +267,58 @@ fn systemd_unit_verifies_and_is_hardened() {
     assert!(level <= 2.5, "exposure {level}");
     assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
 }
+
+#[test]
+fn bench_reports_every_stage() {
+    let out = blipd()
+        .args([
+            "bench", "--runs", "1", "--warmup", "0", "--tokens", "5", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["model"], "tiny-a");
+    assert_eq!(r["runs"], 1);
+    assert!(r["load_ms"].as_f64().unwrap() > 0.0);
+    assert!(r["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!((1..=5).contains(&r["answer_tokens"].as_u64().unwrap()));
+    for key in [
+        "preprocess_ms",
+        "vision_ms",
+        "qformer_ms",
+        "prefill_ms",
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "first_token_ms",
+        "answer_ms",
+        "cached_answer_ms",
+    ] {
+        let s = &r[key];
+        let (med, min, max) = (
+            s["median"].as_f64().unwrap(),
+            s["min"].as_f64().unwrap(),
+            s["max"].as_f64().unwrap(),
+        );
+        assert!(med > 0.0 && min <= med && med <= max, "{key}: {s}");
+    }
+    assert!(r["peak_rss_mib"].as_f64().unwrap() >= r["rss_after_load_mib"].as_f64().unwrap());
+    // The table names every stage.
+    let out = blipd().args(["bench", "--runs", "1"]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    for row in [
+        "load",
+        "vision",
+        "Q-Former",
+        "prefill",
+        "decode speed",
+        "time to first token",
+        "2nd question",
+    ] {
+        assert!(table.contains(row), "{row}: {table}");
+    }
+}

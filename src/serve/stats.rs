@@ -139,8 +139,8 @@ impl Stats {
     }
 }
 
-/// Resident and peak resident memory of this process, in MiB.
-fn memory() -> serde_json::Value {
+/// Resident and peak resident memory of this process, in MiB (Linux).
+pub fn memory_mib() -> (Option<f64>, Option<f64>) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib = |key: &str| {
         status
@@ -150,7 +150,12 @@ fn memory() -> serde_json::Value {
             .and_then(|v| v.parse::<u64>().ok())
     };
     let mib = |v: Option<u64>| v.map(|k| round(k as f64 / 1024.0));
-    serde_json::json!({"rss_mib": mib(kib("VmRSS:")), "peak_rss_mib": mib(kib("VmHWM:"))})
+    (mib(kib("VmRSS:")), mib(kib("VmHWM:")))
+}
+
+fn memory() -> serde_json::Value {
+    let (rss, peak) = memory_mib();
+    serde_json::json!({"rss_mib": rss, "peak_rss_mib": peak})
 }
 
 /// `/sys/class/thermal` zones, by type (`cpu-thermal`, `GPU-therm`, ...).
