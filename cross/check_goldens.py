@@ -6,6 +6,11 @@ the ones HF transformers produced (tests/fixtures/goldens/*.json).
     cross/check_goldens.py dist/blipd-aarch64-generic [--runner "qemu-aarch64 -L /usr/aarch64-linux-gnu"]
 
 Exits 1 if any case differs. Standard library only.
+
+Runs with --threads 1: the qemu-user of these machines (7.2, Debian 12) hangs
+in the first pthread_create of any aarch64 program (a five-line C program
+that starts one thread hangs the same way), so the emulated run stays on one
+thread. llama.cpp's and tract's results do not depend on the thread count.
 """
 import argparse
 import json
@@ -25,6 +30,7 @@ def main() -> int:
     ap.add_argument("--runner", default="qemu-aarch64 -L /usr/aarch64-linux-gnu",
                     help='command prefix ("" to run the binary directly)')
     ap.add_argument("--bundles", default="tiny-a,tiny-b")
+    ap.add_argument("--threads", default="1", help="threads for blipd (default 1: see above)")
     args = ap.parse_args()
 
     runner = shlex.split(args.runner)
@@ -35,7 +41,7 @@ def main() -> int:
         for case in goldens["cases"]:
             cmd = runner + [args.binary, "ask", "--model", str(FIX / bundle),
                             "--image", str(FIX / "images" / case["image"]),
-                            "--max-tokens", str(goldens["max_new_tokens"]),
+                            "--max-tokens", str(goldens["max_new_tokens"]), "--threads", args.threads,
                             "--json", case["prompt"]]
             t0 = time.monotonic()
             out = subprocess.run(cmd, capture_output=True, text=True)
@@ -51,7 +57,7 @@ def main() -> int:
             failures += not same
             agree = sum(a == b for a, b in zip(got, want))
             print(f"{'ok  ' if same else 'FAIL'} {bundle} {case['image']:12} {case['prompt'][:32]!r:36} "
-                  f"{agree}/{len(want)} tokens identical ({secs:.1f} s)")
+                  f"{agree}/{len(want)} tokens identical ({secs:.1f} s)", flush=True)
     print(f"{total - failures}/{total} cases token-identical to the transformers goldens")
     return 1 if failures else 0
 

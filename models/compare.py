@@ -106,6 +106,10 @@ def main(argv=None) -> int:
     ap.add_argument("--hf-llm", action="store_true", help="also time the transformers language model")
     ap.add_argument("--blipd", default=str(ROOT / "target" / "release" / "blipd"))
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "perf")
+    ap.add_argument("--part", choices=["all", "vision", "llm"], default="all",
+                    help="vision: PyTorch, onnxruntime and blipd on vision + Q-Former; llm: blipd and the "
+                         "llama.cpp harness; all: both (a 7B bundle needs about 26 GB for all at once, so "
+                         "run the parts one after the other on a 24 GB machine)")
     args = ap.parse_args(argv)
 
     import onnxruntime as ort
@@ -120,26 +124,31 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     prompt = "Is the garage door open? Answer yes or no."  # blipd bench's first question
 
-    log(f"loading {hf} in PyTorch")
-    model = InstructBlipForConditionalGeneration.from_pretrained(hf, torch_dtype=torch.float32).eval()
-    processor = InstructBlipProcessor.from_pretrained(hf)
-    Vision, QFormer = exporter.make_wrappers()
-    vision, qformer = Vision(model).eval(), QFormer(model).eval()
-    enc = processor(images=test_image(), text=prompt, return_tensors="pt")
-    pixel_values = enc["pixel_values"]
-    q_ids, q_mask = enc["qformer_input_ids"], enc["qformer_attention_mask"]
+    do_vision, do_llm = args.part in ("all", "vision"), args.part in ("all", "llm")
+    if do_vision or args.hf_llm:
+        log(f"loading {hf} in PyTorch")
+        model = InstructBlipForConditionalGeneration.from_pretrained(hf, torch_dtype=torch.float32).eval()
+        processor = InstructBlipProcessor.from_pretrained(hf)
+        Vision, QFormer = exporter.make_wrappers()
+        vision, qformer = Vision(model).eval(), QFormer(model).eval()
+        enc = processor(images=test_image(), text=prompt, return_tensors="pt")
+        pixel_values = enc["pixel_values"]
+        q_ids, q_mask = enc["qformer_input_ids"], enc["qformer_attention_mask"]
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads
-    so.inter_op_num_threads = 1
-    log("loading the ONNX graphs in onnxruntime")
-    ort_v = ort.InferenceSession(str(args.bundle / "vision.onnx"), so, providers=["CPUExecutionProvider"])
-    ort_q = ort.InferenceSession(str(args.bundle / "qformer.onnx"), so, providers=["CPUExecutionProvider"])
+    if do_vision:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        so.inter_op_num_threads = 1
+        log("loading the ONNX graphs in onnxruntime")
+        ort_v = ort.InferenceSession(str(args.bundle / "vision.onnx"), so, providers=["CPUExecutionProvider"])
+        ort_q = ort.InferenceSession(str(args.bundle / "qformer.onnx"), so, providers=["CPUExecutionProvider"])
 
-    log("starting blipd bench --lockstep and the llama.cpp harness")
-    blipd = Lockstep([args.blipd, "bench", "--model", str(args.bundle), "--threads", str(args.threads),
-                      "--runs", str(args.rounds + 1), "--warmup", "0", "--tokens", str(args.tokens),
-                      "--lockstep"])
+    log("starting blipd bench --lockstep")
+    cmd = [args.blipd, "bench", "--model", str(args.bundle), "--threads", str(args.threads),
+           "--runs", str(args.rounds + 1), "--warmup", "0", "--tokens", str(args.tokens), "--lockstep"]
+    if not do_llm:
+        cmd.append("--no-repack")  # LLM speed is not measured here: save the repacked copy's memory
+    blipd = Lockstep(cmd)
     blipd.round()  # warm-up
     n_ctx = min(2048, int(manifest["llm"]["context_length"]))
     harness_exe = build_harness()
@@ -149,9 +158,13 @@ def main(argv=None) -> int:
 
     llm_tok = Tokenizer.from_file(str(args.bundle / manifest["llm"]["tokenizer"]))
     n_prompt = manifest["qformer"]["num_query_tokens"] + len(llm_tok.encode(prompt).ids)
-    harness = Lockstep([str(harness_exe), str(args.bundle / manifest["llm"]["file"]), str(n_prompt),
-                        str(args.tokens), str(args.threads), str(n_ctx), str(args.rounds + 1), "--lockstep"])
-    harness.round()  # warm-up
+    harness = None
+    if do_llm:
+        log("starting the llama.cpp harness")
+        harness = Lockstep([str(harness_exe), str(args.bundle / manifest["llm"]["file"]), str(n_prompt),
+                            str(args.tokens), str(args.threads), str(n_ctx), str(args.rounds + 1),
+                            "--lockstep"])
+        harness.round()  # warm-up
 
     def timed(fn):
         t0 = time.perf_counter()
@@ -159,12 +172,13 @@ def main(argv=None) -> int:
         return (time.perf_counter() - t0) * 1e3, r
 
     with torch.no_grad():
-        # Warm-up for PyTorch and onnxruntime.
-        image_embeds = vision(pixel_values)
-        qformer(image_embeds, q_ids, q_mask)
-        emb_np = image_embeds.numpy()
-        ort_v.run(None, {"pixel_values": pixel_values.numpy()})
-        ort_q.run(None, {"image_embeds": emb_np, "input_ids": q_ids.numpy(), "attention_mask": q_mask.numpy()})
+        if do_vision:  # warm-up for PyTorch and onnxruntime
+            image_embeds = vision(pixel_values)
+            qformer(image_embeds, q_ids, q_mask)
+            emb_np = image_embeds.numpy()
+            ort_v.run(None, {"pixel_values": pixel_values.numpy()})
+            ort_q.run(None, {"image_embeds": emb_np, "input_ids": q_ids.numpy(),
+                             "attention_mask": q_mask.numpy()})
 
         hf_llm = None
         if args.hf_llm:
@@ -184,18 +198,21 @@ def main(argv=None) -> int:
         blipd_rows, harness_rows = [], []
         for r in range(args.rounds):
             log(f"round {r + 1}/{args.rounds}")
-            ms, image_embeds = timed(lambda: vision(pixel_values))
-            rows["torch_vision"].append(ms)
-            ms, _ = timed(lambda: ort_v.run(None, {"pixel_values": pixel_values.numpy()}))
-            rows["ort_vision"].append(ms)
+            if do_vision:
+                ms, image_embeds = timed(lambda: vision(pixel_values))
+                rows["torch_vision"].append(ms)
+                ms, _ = timed(lambda: ort_v.run(None, {"pixel_values": pixel_values.numpy()}))
+                rows["ort_vision"].append(ms)
             blipd_rows.append(blipd.round())
-            ms, _ = timed(lambda: qformer(image_embeds, q_ids, q_mask))
-            rows["torch_qformer"].append(ms)
-            feeds = {"image_embeds": image_embeds.numpy(), "input_ids": q_ids.numpy(),
-                     "attention_mask": q_mask.numpy()}
-            ms, _ = timed(lambda: ort_q.run(None, feeds))
-            rows["ort_qformer"].append(ms)
-            harness_rows.append(harness.round())
+            if do_vision:
+                ms, _ = timed(lambda: qformer(image_embeds, q_ids, q_mask))
+                rows["torch_qformer"].append(ms)
+                feeds = {"image_embeds": image_embeds.numpy(), "input_ids": q_ids.numpy(),
+                         "attention_mask": q_mask.numpy()}
+                ms, _ = timed(lambda: ort_q.run(None, feeds))
+                rows["ort_qformer"].append(ms)
+            if harness is not None:
+                harness_rows.append(harness.round())
             if hf_llm is not None:
                 t0 = time.perf_counter()
                 out = lm(input_ids=ids, use_cache=True)
@@ -210,7 +227,8 @@ def main(argv=None) -> int:
                 hf_llm["decode_tokens_per_s"].append(args.tokens / (t2 - t1))
 
     report = json.loads(blipd.finish().strip().splitlines()[-1])
-    harness.finish()
+    if harness is not None:
+        harness.finish()
     if report["prompt_tokens"] != n_prompt:
         log(f"warning: blipd prefilled {report['prompt_tokens']} positions, the harness {n_prompt}")
 
@@ -223,18 +241,24 @@ def main(argv=None) -> int:
         "bundle": str(args.bundle), "llm": report["llm"], "prompt_tokens": n_prompt, "tokens": args.tokens,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "onnxruntime": ort.__version__},
-        "vision_ms": {"pytorch": spread(rows["torch_vision"]), "onnxruntime": spread(rows["ort_vision"]),
-                      "blipd (tract)": spread(col(blipd_rows, "vision_ms"))},
-        "qformer_ms": {"pytorch": spread(rows["torch_qformer"]), "onnxruntime": spread(rows["ort_qformer"]),
-                       "blipd (tract)": spread(col(blipd_rows, "qformer_ms"))},
-        "prefill_tokens_per_s": {"llama.cpp C API": spread(col(harness_rows, "prefill_tokens_per_s")),
-                                 "blipd (llama.cpp)": spread(col(blipd_rows, "prefill_tokens_per_s"))},
-        "decode_tokens_per_s": {"llama.cpp C API": spread(col(harness_rows, "decode_tokens_per_s")),
-                                "blipd (llama.cpp)": spread(col(blipd_rows, "decode_tokens_per_s"))},
+        "part": args.part,
         "blipd": {k: report[k] for k in ["load_ms", "first_token_ms", "answer_ms", "cached_answer_ms",
                                           "rss_after_load_mib", "peak_rss_mib", "answer_tokens"]},
+        "ratios": {},
     }
+    if do_vision:
+        res["vision_ms"] = {"pytorch": spread(rows["torch_vision"]), "onnxruntime": spread(rows["ort_vision"]),
+                            "blipd (tract)": spread(col(blipd_rows, "vision_ms"))}
+        res["qformer_ms"] = {"pytorch": spread(rows["torch_qformer"]), "onnxruntime": spread(rows["ort_qformer"]),
+                             "blipd (tract)": spread(col(blipd_rows, "qformer_ms"))}
+    if do_llm:
+        res["prefill_tokens_per_s"] = {"llama.cpp C API": spread(col(harness_rows, "prefill_tokens_per_s")),
+                                       "blipd (llama.cpp)": spread(col(blipd_rows, "prefill_tokens_per_s"))}
+        res["decode_tokens_per_s"] = {"llama.cpp C API": spread(col(harness_rows, "decode_tokens_per_s")),
+                                      "blipd (llama.cpp)": spread(col(blipd_rows, "decode_tokens_per_s"))}
     if hf_llm is not None:
+        res.setdefault("prefill_tokens_per_s", {})
+        res.setdefault("decode_tokens_per_s", {})
         res["prefill_tokens_per_s"]["pytorch"] = spread(hf_llm["prefill_tokens_per_s"])
         res["decode_tokens_per_s"]["pytorch"] = spread(hf_llm["decode_tokens_per_s"])
 
@@ -242,18 +266,23 @@ def main(argv=None) -> int:
     def ratio(a, b):
         return spread([x / y for x, y in zip(a, b) if y])
 
-    res["ratios"] = {
-        "vision: onnxruntime time / tract time (>= 1: tract as fast)": ratio(rows["ort_vision"], col(blipd_rows, "vision_ms")),
-        "vision: pytorch time / tract time": ratio(rows["torch_vision"], col(blipd_rows, "vision_ms")),
-        "qformer: onnxruntime time / tract time": ratio(rows["ort_qformer"], col(blipd_rows, "qformer_ms")),
-        "prefill: blipd t/s / llama.cpp t/s (target >= 0.95)": ratio(col(blipd_rows, "prefill_tokens_per_s"),
-                                                                      col(harness_rows, "prefill_tokens_per_s")),
-        "decode: blipd t/s / llama.cpp t/s (target >= 0.97)": ratio(col(blipd_rows, "decode_tokens_per_s"),
-                                                                     col(harness_rows, "decode_tokens_per_s")),
-    }
+    if do_vision:
+        res["ratios"].update({
+            "vision: onnxruntime time / tract time (>= 1: tract as fast)":
+                ratio(rows["ort_vision"], col(blipd_rows, "vision_ms")),
+            "vision: pytorch time / tract time": ratio(rows["torch_vision"], col(blipd_rows, "vision_ms")),
+            "qformer: onnxruntime time / tract time": ratio(rows["ort_qformer"], col(blipd_rows, "qformer_ms")),
+        })
+    if do_llm:
+        res["ratios"].update({
+            "prefill: blipd t/s / llama.cpp t/s (target >= 0.95)":
+                ratio(col(blipd_rows, "prefill_tokens_per_s"), col(harness_rows, "prefill_tokens_per_s")),
+            "decode: blipd t/s / llama.cpp t/s (target >= 0.97)":
+                ratio(col(blipd_rows, "decode_tokens_per_s"), col(harness_rows, "decode_tokens_per_s")),
+        })
 
     args.out.mkdir(parents=True, exist_ok=True)
-    name = args.bundle.name
+    name = args.bundle.name if args.part == "all" else f"{args.bundle.name}-{args.part}"
     (args.out / f"compare-{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     chart(res, args.out / f"compare-{name}.png")
     print(table(res))
@@ -266,7 +295,7 @@ def table(res: dict) -> str:
              "", "| stage | runtime | median | min-max |", "|---|---|---|---|"]
     for stage, unit in [("vision_ms", "ms"), ("qformer_ms", "ms"), ("prefill_tokens_per_s", "t/s"),
                         ("decode_tokens_per_s", "t/s")]:
-        for rt, s in res[stage].items():
+        for rt, s in res.get(stage, {}).items():
             lines.append(f"| {stage.replace('_ms', '').replace('_tokens_per_s', '')} | {rt} | "
                          f"{s['median']:.1f} {unit} | {s['min']:.1f}-{s['max']:.1f} |")
     lines += ["", "| ratio | median | min-max |", "|---|---|---|"]
@@ -286,13 +315,13 @@ def chart(res: dict, path: Path) -> None:
 
     bars = []
     for stage in ["vision_ms", "qformer_ms"]:
-        for rt, s in res[stage].items():
+        for rt, s in res.get(stage, {}).items():
             bars.append((f"{stage[:-3]}: {rt}", s["median"], s["min"], s["max"]))
     n_prompt, tokens = res["prompt_tokens"], res["tokens"]
-    for rt, s in res["prefill_tokens_per_s"].items():
+    for rt, s in res.get("prefill_tokens_per_s", {}).items():
         bars.append((f"prefill {n_prompt} tok: {rt}", 1e3 * n_prompt / s["median"],
                      1e3 * n_prompt / s["max"], 1e3 * n_prompt / s["min"]))
-    for rt, s in res["decode_tokens_per_s"].items():
+    for rt, s in res.get("decode_tokens_per_s", {}).items():
         bars.append((f"decode {tokens} tok: {rt}", 1e3 * tokens / s["median"],
                      1e3 * tokens / s["max"], 1e3 * tokens / s["min"]))
     w, row, left = 900, 26, 330
