@@ -47,6 +47,17 @@ pub struct Config {
     /// `cuda` feature. 0 = CPU only; 999 = all.
     #[serde(default)]
     pub gpu_layers: u32,
+    /// Let llama.cpp repack quantized weights for faster CPU matmuls. The
+    /// repacked copy is resident on top of the mapped file (a 7B Q4_K_M
+    /// needs about 2.8 GiB more); turn it off on boards short of memory.
+    /// Default: on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_repack: Option<bool>,
+    /// Memory-map the GGUF (pages load on demand and can be dropped under
+    /// pressure) instead of reading it into anonymous memory.
+    /// Default: on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_mmap: Option<bool>,
     #[serde(default)]
     pub mqtt: MqttConfig,
     #[serde(default)]

@@ -500,8 +500,12 @@ impl Session {
             || new.threads != old.threads
             || new.n_ctx != old.n_ctx
             || new.gpu_layers != old.gpu_layers
+            || new.llm_repack != old.llm_repack
+            || new.llm_mmap != old.llm_mmap
         {
-            restart.push("model/threads/n_ctx/gpu_layers");
+            restart.push("model/threads/n_ctx/gpu_layers/llm_repack/llm_mmap");
+            effective.llm_repack = old.llm_repack;
+            effective.llm_mmap = old.llm_mmap;
             effective.model = old.model.clone();
             effective.threads = old.threads;
             effective.n_ctx = old.n_ctx;

@@ -66,7 +66,8 @@ pub fn serve(
             n_ctx: cfg.n_ctx,
             model: crate::llm::ffi::ModelParams {
                 gpu_layers: cfg.gpu_layers.min(i32::MAX as u32) as i32,
-                ..Default::default()
+                use_mmap: cfg.llm_mmap.unwrap_or(true),
+                repack: cfg.llm_repack.unwrap_or(true),
             },
         },
         verify_checksums: true,
