@@ -13,20 +13,14 @@ fn blipd() -> Command {
 fn ask_json_reports_tokens_and_stage_timings() {
     let g = golden("tiny-b");
     let case = g.cases.iter().find(|c| c.image == "porch.jpg").unwrap();
-    let out = blipd()
-        .args(["ask", "--json", "--threads", "2", "--model"])
-        .arg(bundle_dir("tiny-b"))
-        .arg("--image")
-        .arg(image_path(&case.image))
-        .arg(&case.prompt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = json_stdout(
+        blipd()
+            .args(["ask", "--json", "--threads", "2", "--model"])
+            .arg(bundle_dir("tiny-b"))
+            .arg("--image")
+            .arg(image_path(&case.image))
+            .arg(&case.prompt),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
     assert_eq!(tokens, case.tokens);
     assert_eq!(v["answer"].as_str().unwrap(), case.text);
@@ -270,18 +264,9 @@ fn systemd_unit_verifies_and_is_hardened() {
 
 #[test]
 fn bench_reports_every_stage() {
-    let out = blipd()
-        .args([
-            "bench", "--runs", "1", "--warmup", "0", "--tokens", "5", "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = json_stdout(blipd().args([
+        "bench", "--runs", "1", "--warmup", "0", "--tokens", "5", "--json",
+    ]));
     assert_eq!(r["model"], "tiny-a");
     assert_eq!(r["runs"], 1);
     assert!(r["load_ms"].as_f64().unwrap() > 0.0);

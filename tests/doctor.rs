@@ -2,67 +2,16 @@
 //! flipped byte), file cameras (present and missing) and a real mosquitto
 //! broker (running, and a port where nothing listens).
 
+#[path = "serve/harness.rs"]
+mod harness;
+
+use harness::{free_port, Mosquitto};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("local addr").port()
-}
-
-/// A throwaway mosquitto on a free loopback port, logging to `dir/log`.
-struct Mosquitto {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl Mosquitto {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let user = Command::new("id").arg("-un").output().expect("id -un");
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest file {}/log\n\
-                 log_type all\nuser {}\n",
-                dir.path().display(),
-                String::from_utf8_lossy(&user.stdout).trim()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (scripts/deps.sh)");
-        let until = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "mosquitto did not open port {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { port, dir, child }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn config(dir: &Path, model: &Path, camera: &Path, url: &str) -> PathBuf {

@@ -73,3 +73,15 @@ pub fn copy_bundle(preset: &str) -> tempfile::TempDir {
     }
     dir
 }
+
+/// Runs a command that must succeed (its stderr is the failure message) and
+/// parses its stdout as JSON.
+pub fn json_stdout(cmd: &mut std::process::Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -85,11 +85,7 @@ fn states(msgs: &[Msg], topic: &str) -> Vec<serde_json::Value> {
 }
 
 fn hup(d: &Daemon) {
-    let st = std::process::Command::new("kill")
-        .args(["-HUP", &d.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    d.signal("-HUP");
 }
 
 #[test]
@@ -427,23 +423,8 @@ fn sigterm_while_answering_finishes_the_queue_then_goes_offline() {
     let mut all = c.collect_until(Duration::from_secs(10), |m| {
         m.iter().any(|m| m.topic.starts_with("blipd/t/answer/"))
     });
-    let t0 = Instant::now();
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &d.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let mut child = d.child.take().unwrap();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(35),
-            "no exit within the 30 s grace"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // The 30 s grace bounds the exit.
+    let status = d.terminate(Duration::from_secs(35));
     assert!(status.success(), "{status:?}");
     all.extend(c.collect_until(Duration::from_secs(3), |m| {
         m.iter().any(|m| m.payload == b"offline")

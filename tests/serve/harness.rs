@@ -192,6 +192,11 @@ impl Mosquitto {
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+
+    /// The broker's log (connections with their protocol level and flags).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
 }
 
 impl Drop for Mosquitto {
@@ -267,6 +272,32 @@ impl Daemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Sends `signal` (e.g. "-TERM", "-HUP") to the daemon.
+    pub fn signal(&self, signal: &str) {
+        let st = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {signal}");
+    }
+
+    /// SIGTERM, then waits for the exit (failing past `within`).
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        self.signal("-TERM");
+        let mut child = self.child.take().expect("daemon running");
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "no exit within {within:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

@@ -528,23 +528,7 @@ fn sigterm_publishes_offline_and_exits_cleanly() {
         m.iter().any(|m| m.payload == b"online")
     });
     assert!(!online.is_empty());
-    let t0 = std::time::Instant::now();
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &d.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let mut child = d.child.take().unwrap();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "did not exit within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = d.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit status {status:?}");
     let msgs = c.collect_until(Duration::from_secs(5), |m| {
         m.iter().any(|m| m.payload == b"offline")
