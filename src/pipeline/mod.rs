@@ -133,6 +133,9 @@ impl Pipeline {
         let threads = opts.threads.max(1);
         let vision = Vision::load(&bundle, threads)?;
         let qformer = QFormer::load(&bundle, threads)?;
+        // Before the LLM maps its weights: the graph loaders' temporaries go
+        // back to the OS, so they do not add to the peak.
+        crate::llm::ffi::release_free_heap();
         let llm = Llm::load(&bundle, &opts.llm)?;
         let load_time = t0.elapsed();
         tracing::info!(
