@@ -316,11 +316,7 @@ impl Session {
             Filter::new(t.subscribe.clone(), QoS::AtLeastOnce),
             Filter::new(t.watch_filter(), QoS::AtMostOnce),
         ];
-        let ha = Discovery::new(
-            &self.cfg.config.homeassistant.prefix,
-            &self.cfg.device_id,
-            &self.cfg.model_name,
-        );
+        let ha = self.ha_topics();
         filters.push(Filter::new(ha.config_filter(), QoS::AtMostOnce));
         if self.discovery.is_some() {
             filters.push(Filter::new(ha.birth_topic(), QoS::AtMostOnce));
@@ -367,6 +363,13 @@ impl Session {
         }
     }
 
+    /// Home Assistant's topics for the running config, whether discovery is
+    /// on or not (with it off, leftover configs are still cleared).
+    fn ha_topics(&self) -> Discovery {
+        let ha = &self.cfg.config.homeassistant;
+        Discovery::new(&ha.prefix, &self.cfg.device_id, &self.cfg.model_name)
+    }
+
     /// Removes a retained message (empty retained payload).
     fn clear_retained(&mut self, topic: String) {
         self.push(topic, Vec::new(), true, None, OnAck::default());
@@ -377,7 +380,7 @@ impl Session {
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
         let ha_prefix = &self.cfg.config.homeassistant.prefix;
         if topic.starts_with(ha_prefix.as_str()) && topic != self.cfg.topics.ask {
-            let ha = Discovery::new(ha_prefix, &self.cfg.device_id, &self.cfg.model_name);
+            let ha = self.ha_topics();
             if topic == ha.birth_topic() {
                 if self.discovery.is_some() && &p.payload[..] == b"online" {
                     tracing::info!("Home Assistant is online: announcing the entities again");
@@ -1036,6 +1039,7 @@ fn valid_reply_topic(t: &str) -> bool {
 
 /// Discovery for the running config, when enabled.
 fn discovery_of(cfg: &SessionConfig) -> Option<Discovery> {
+    // Same topics as `Session::ha_topics`, present only when enabled.
     let ha = &cfg.config.homeassistant;
     ha.discovery
         .then(|| Discovery::new(&ha.prefix, &cfg.device_id, &cfg.model_name))

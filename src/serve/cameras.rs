@@ -23,12 +23,6 @@ pub struct CameraChanges {
     pub restarted: Vec<String>,
 }
 
-impl CameraChanges {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.restarted.is_empty()
-    }
-}
-
 impl Cameras {
     pub fn start(configs: &[CameraConfig]) -> Self {
         let c = Self::default();
