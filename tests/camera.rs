@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use blipd::camera::{Camera, CameraConfig, CameraError, CameraState, Frame, SourceConfig};
+use blipd::camera::{
+    Camera, CameraConfig, CameraError, CameraState, Frame, PatternKind, SourceConfig,
+};
 use image::RgbImage;
 
 fn cam(name: &str, source: SourceConfig) -> CameraConfig {
@@ -20,6 +22,9 @@ fn pattern(fps: f32) -> SourceConfig {
         width: 160,
         height: 120,
         fps,
+        pattern: PatternKind::Bars,
+        seed: 0,
+        interval: 10.0,
     }
 }
 
@@ -140,14 +145,7 @@ fn newest_frame_only_no_backlog() {
 fn no_frame_yet_right_after_spawn() {
     // A large pattern takes the capture thread a while to draw; the caller
     // is not blocked by it and sees the starting state.
-    let camera = Camera::spawn(cam(
-        "big",
-        SourceConfig::TestPattern {
-            width: 4096,
-            height: 4096,
-            fps: 1.0,
-        },
-    ));
+    let camera = Camera::spawn(cam("big", SourceConfig::test_pattern(4096, 4096, 1.0)));
     let err = camera.latest().unwrap_err();
     assert!(matches!(err, CameraError::NoFrameYet { .. }), "{err}");
     assert!(err.to_string().contains("big"), "{err}");
@@ -439,4 +437,89 @@ fn invalid_config_reports_instead_of_failing() {
         err.contains("invalid configuration") && err.contains("`name`"),
         "{err}"
     );
+}
+
+/// The Rust scene generator against `models/scenes.py` (goldens/scenes.json):
+/// the same shapes from the same seed, and the same pixels at every size.
+#[test]
+fn scenes_match_the_python_generator_pixel_for_pixel() {
+    use blipd::camera::scene::{Scene, SplitMix64};
+    use sha2::{Digest, Sha256};
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/goldens/scenes.json");
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut rng = SplitMix64::new(1234567);
+    for want in g["splitmix64_1234567"].as_array().unwrap() {
+        assert_eq!(rng.next_u64(), want.as_u64().unwrap());
+    }
+    let cases = g["cases"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for case in cases {
+        let seed = case["seed"].as_u64().unwrap();
+        let scene = Scene::sample(seed);
+        let bg: Vec<u64> = scene.background.iter().map(|&v| u64::from(v)).collect();
+        assert_eq!(serde_json::json!(bg), case["background"], "seed {seed}");
+        assert_eq!(scene.noisy, case["noisy"].as_bool().unwrap(), "seed {seed}");
+        let shapes = case["shapes"].as_array().unwrap();
+        assert_eq!(scene.shapes.len(), shapes.len(), "seed {seed}");
+        for (s, w) in scene.shapes.iter().zip(shapes) {
+            assert_eq!(s.kind.as_str(), w["kind"], "seed {seed}");
+            assert_eq!(s.color.as_str(), w["color"], "seed {seed}");
+            // Exact: the same float64 operations in the same order.
+            let bits: Vec<u64> = [s.cx, s.cy, s.r].iter().map(|v| v.to_bits()).collect();
+            assert_eq!(serde_json::json!(bits), w["bits"], "seed {seed}");
+        }
+        assert_eq!(scene.describe(), case["describe"], "seed {seed}");
+        for r in case["renders"].as_array().unwrap() {
+            let (w, h) = (r["width"].as_u64().unwrap(), r["height"].as_u64().unwrap());
+            let img = scene.render(w as u32, h as u32);
+            let hash: String = Sha256::digest(img.as_raw())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(hash, r["sha256"], "seed {seed} at {w}x{h}");
+        }
+    }
+}
+
+/// The default test pattern shows scene `seed`, `seed + 1`, ... each for
+/// `interval` seconds' worth of frames.
+#[test]
+fn scene_pattern_shows_the_seeded_scenes_in_turn() {
+    use blipd::camera::scene::Scene;
+
+    let camera = Camera::spawn(cam(
+        "scenes",
+        SourceConfig::TestPattern {
+            width: 96,
+            height: 72,
+            fps: 20.0,
+            pattern: PatternKind::Scenes,
+            seed: 40,
+            interval: 0.1,
+        },
+    ));
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 6 && Instant::now() < deadline {
+        let f = match camera.latest() {
+            Ok(f) => f,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+        };
+        if seen.last().map(|(s, _)| *s) != Some(f.seq) {
+            seen.push((f.seq, f.image.clone()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    camera.stop();
+    assert!(seen.len() >= 6, "camera must keep delivering frames");
+    for (seq, img) in &seen {
+        // Two frames per scene (0.1 s at 20 fps).
+        let want = Scene::sample(40 + seq / 2).render(96, 72);
+        assert!(**img == want, "frame {seq} must be scene {}", 40 + seq / 2);
+    }
 }

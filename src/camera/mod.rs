@@ -19,6 +19,7 @@
 //! [`convert`]).
 
 pub mod convert;
+pub mod scene;
 mod v4l2;
 
 use std::collections::HashSet;
@@ -63,8 +64,9 @@ pub struct CameraConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
-    /// Synthetic colour bars with a moving block: exercises the whole daemon
-    /// without hardware; consecutive frames differ.
+    /// A synthetic picture, no hardware needed: the demo model's shape
+    /// scenes (a new one every `interval` seconds, from `seed` on), or colour
+    /// bars with a moving block (every frame differs).
     TestPattern {
         #[serde(default = "default_pattern_width")]
         width: u32,
@@ -72,6 +74,12 @@ pub enum SourceConfig {
         height: u32,
         #[serde(default = "default_pattern_fps")]
         fps: f32,
+        #[serde(default)]
+        pattern: PatternKind,
+        #[serde(default)]
+        seed: u64,
+        #[serde(default = "default_scene_interval")]
+        interval: f32,
     },
     /// An image file, decoded again whenever it changes and checked every
     /// tick, so a replaced or removed file is noticed.
@@ -133,6 +141,21 @@ impl std::fmt::Display for PixelFormat {
     }
 }
 
+impl SourceConfig {
+    /// A `test_pattern` source drawing the demo scenes from seed 0, a new one
+    /// every 10 s.
+    pub fn test_pattern(width: u32, height: u32, fps: f32) -> Self {
+        SourceConfig::TestPattern {
+            width,
+            height,
+            fps,
+            pattern: PatternKind::Scenes,
+            seed: 0,
+            interval: default_scene_interval(),
+        }
+    }
+}
+
 fn default_pattern_width() -> u32 {
     640
 }
@@ -141,6 +164,9 @@ fn default_pattern_height() -> u32 {
 }
 fn default_pattern_fps() -> f32 {
     2.0
+}
+fn default_scene_interval() -> f32 {
+    10.0
 }
 fn default_file_fps() -> f32 {
     1.0
@@ -161,6 +187,18 @@ fn default_v4l2_fps() -> u32 {
     5
 }
 
+/// What a `test_pattern` camera draws.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatternKind {
+    /// The demo model's shape scenes ([`scene`]), so the zero-config daemon
+    /// has something to answer questions about.
+    #[default]
+    Scenes,
+    /// Colour bars and a moving block: every frame differs.
+    Bars,
+}
+
 /// The TOML shape of [`CameraConfig`]: `name` next to the tagged settings.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -173,6 +211,12 @@ enum CameraToml {
         height: u32,
         #[serde(default = "default_pattern_fps")]
         fps: f32,
+        #[serde(default)]
+        pattern: PatternKind,
+        #[serde(default)]
+        seed: u64,
+        #[serde(default = "default_scene_interval")]
+        interval: f32,
     },
     File {
         name: String,
@@ -209,7 +253,20 @@ impl From<CameraToml> for CameraConfig {
                 width,
                 height,
                 fps,
-            } => (name, SourceConfig::TestPattern { width, height, fps }),
+                pattern,
+                seed,
+                interval,
+            } => (
+                name,
+                SourceConfig::TestPattern {
+                    width,
+                    height,
+                    fps,
+                    pattern,
+                    seed,
+                    interval,
+                },
+            ),
             CameraToml::File { name, path, fps } => (name, SourceConfig::File { path, fps }),
             CameraToml::Folder {
                 name,
@@ -242,11 +299,21 @@ impl From<CameraConfig> for CameraToml {
     fn from(c: CameraConfig) -> Self {
         let name = c.name;
         match c.source {
-            SourceConfig::TestPattern { width, height, fps } => CameraToml::TestPattern {
+            SourceConfig::TestPattern {
+                width,
+                height,
+                fps,
+                pattern,
+                seed,
+                interval,
+            } => CameraToml::TestPattern {
                 name,
                 width,
                 height,
                 fps,
+                pattern,
+                seed,
+                interval,
             },
             SourceConfig::File { path, fps } => CameraToml::File { name, path, fps },
             SourceConfig::Folder { path, interval } => CameraToml::Folder {
@@ -334,10 +401,23 @@ impl CameraConfig {
             }
         };
         match &self.source {
-            SourceConfig::TestPattern { width, height, fps } => {
+            SourceConfig::TestPattern {
+                width,
+                height,
+                fps,
+                interval,
+                ..
+            } => {
                 check_side("width", *width, MAX_PATTERN_SIDE)?;
                 check_side("height", *height, MAX_PATTERN_SIDE)?;
-                check_fps(*fps)
+                check_fps(*fps)?;
+                if !(interval.is_finite() && *interval > 0.0) {
+                    return Err(format!(
+                        "{} must be a positive number of seconds, not {interval}",
+                        at("interval")
+                    ));
+                }
+                Ok(())
             }
             SourceConfig::File { path, fps } => {
                 check_path("path", path)?;
@@ -530,9 +610,20 @@ impl Camera {
             };
         }
         let source: Box<dyn Source> = match cfg.source {
-            SourceConfig::TestPattern { width, height, .. } => {
-                Box::new(TestPattern::new(width, height))
-            }
+            SourceConfig::TestPattern {
+                width,
+                height,
+                pattern: PatternKind::Bars,
+                ..
+            } => Box::new(TestPattern::new(width, height)),
+            SourceConfig::TestPattern {
+                width,
+                height,
+                fps,
+                pattern: PatternKind::Scenes,
+                seed,
+                interval,
+            } => Box::new(SceneSource::new(width, height, seed, interval * fps)),
             SourceConfig::File { path, .. } => Box::new(FileSource { path, cache: None }),
             SourceConfig::Folder { path, .. } => Box::new(FolderSource {
                 path,
@@ -995,6 +1086,54 @@ impl Source for TestPattern {
     }
 }
 
+/// The demo scenes: scene `seed + n` during the n-th `interval`, counted in
+/// frames so the sequence is the same however busy the machine is. A scene is
+/// drawn once and its frame shared until the next one.
+struct SceneSource {
+    width: u32,
+    height: u32,
+    seed: u64,
+    frames_per_scene: u64,
+    current: Option<(u64, Arc<RgbImage>)>,
+}
+
+impl SceneSource {
+    fn new(width: u32, height: u32, seed: u64, frames_per_scene: f32) -> Self {
+        SceneSource {
+            width,
+            height,
+            seed,
+            frames_per_scene: (frames_per_scene.round() as u64).max(1),
+            current: None,
+        }
+    }
+
+    /// The scene seed shown at frame `seq`.
+    fn scene_at(&self, seq: u64) -> u64 {
+        self.seed.wrapping_add(seq / self.frames_per_scene)
+    }
+
+    fn frame(&mut self, seq: u64) -> Arc<RgbImage> {
+        let want = self.scene_at(seq);
+        match &self.current {
+            Some((seed, img)) if *seed == want => img.clone(),
+            _ => {
+                let scene = scene::Scene::sample(want);
+                tracing::debug!(seed = want, scene = %scene.describe(), "test pattern: next scene");
+                let img = Arc::new(scene.render(self.width, self.height));
+                self.current = Some((want, img.clone()));
+                img
+            }
+        }
+    }
+}
+
+impl Source for SceneSource {
+    fn run(&mut self, shared: &Shared) -> Result<(), String> {
+        run_ticks(shared, |s| Ok(self.frame(s.next_seq())))
+    }
+}
+
 // ---------------------------------------------------------------------------
 // File
 // ---------------------------------------------------------------------------
@@ -1215,6 +1354,7 @@ mod tests {
             [[camera]]
             name = "bars"
             type = "test_pattern"
+            pattern = "bars"
 
             [[camera]]
             name = "snap"
@@ -1256,7 +1396,10 @@ mod tests {
                     source: SourceConfig::TestPattern {
                         width: 640,
                         height: 480,
-                        fps: 2.0
+                        fps: 2.0,
+                        pattern: PatternKind::Bars,
+                        seed: 0,
+                        interval: 10.0,
                     }
                 },
                 CameraConfig {
@@ -1336,11 +1479,7 @@ mod tests {
 
     #[test]
     fn validate_names_the_key() {
-        let tp = |w, h, fps| SourceConfig::TestPattern {
-            width: w,
-            height: h,
-            fps,
-        };
+        let tp = SourceConfig::test_pattern;
         let bad = [
             (cam("", tp(1, 1, 1.0)), "`name`"),
             (cam("a b", tp(1, 1, 1.0)), "`name`"),
@@ -1411,14 +1550,7 @@ mod tests {
 
     #[test]
     fn invalid_config_is_unavailable_not_a_panic() {
-        let camera = Camera::spawn(cam(
-            "bad",
-            SourceConfig::TestPattern {
-                width: 10,
-                height: 10,
-                fps: f32::NAN,
-            },
-        ));
+        let camera = Camera::spawn(cam("bad", SourceConfig::test_pattern(10, 10, f32::NAN)));
         let err = camera.latest().unwrap_err();
         assert!(
             matches!(&err, CameraError::Unavailable { reason, .. } if reason.contains("fps")),

@@ -34,7 +34,7 @@ pub struct Config {
     /// Identifies this board in topic names. Default: the hostname.
     #[serde(default)]
     pub device_id: Option<String>,
-    /// Bundle directory. Default: the tiny test bundle of the source tree.
+    /// Bundle directory. Default: the demo bundle (models/demo, or where the package installed it).
     #[serde(default)]
     pub model: Option<PathBuf>,
     /// Threads for inference. Default: all cores.
@@ -395,11 +395,7 @@ impl Config {
         if self.cameras.is_empty() {
             self.cameras.push(CameraConfig {
                 name: "test".into(),
-                source: SourceConfig::TestPattern {
-                    width: 640,
-                    height: 480,
-                    fps: 2.0,
-                },
+                source: SourceConfig::test_pattern(640, 480, 2.0),
             });
         }
     }

@@ -473,11 +473,7 @@ mod tests {
         let mut w = Watches::new(&cfg(a), "m".into(), t0);
         let cams = Cameras::start(&[CameraConfig {
             name: "c".into(),
-            source: SourceConfig::TestPattern {
-                width: 8,
-                height: 8,
-                fps: 1.0,
-            },
+            source: SourceConfig::test_pattern(8, 8, 1.0),
         }]);
         w.due(
             t0,
