@@ -19,7 +19,7 @@ dpkg-deb --info "$deb" | sed -n '/Package:/,$p'
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 dpkg-deb -x "$deb" "$root"
-for f in usr/bin/blipd etc/blipd/blipd.toml usr/share/blipd/tiny-a/bundle.json \
+for f in usr/bin/blipd etc/blipd/blipd.toml usr/share/blipd/demo/bundle.json \
          usr/share/doc/blipd/README.md; do
   [ -e "$root/$f" ] || { echo "missing in $deb: /$f" >&2; exit 1; }
 done
@@ -28,8 +28,8 @@ unit=$(find "$root" -name blipd.service | head -1)
 file "$root/usr/bin/blipd" | grep -q "ARM aarch64" || { echo "/usr/bin/blipd is not an aarch64 binary" >&2; exit 1; }
 # The packaged binary, config and demo bundle work together (under qemu).
 qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/blipd" check-config "$root/etc/blipd/blipd.toml" >/dev/null
-qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/blipd" ask --threads 1 --model "$root/usr/share/blipd/tiny-a" \
-  --image tests/fixtures/images/garage.png "What is in the picture?" >/dev/null
+qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/blipd" ask --threads 1 --model "$root/usr/share/blipd/demo" \
+  --image tests/fixtures/images/garage.png "What do you see?" >/dev/null
 echo "package contents ok"
 echo "== lintian (warnings reported, not fatal)"
 lintian --tag-display-limit 0 "$deb" || true

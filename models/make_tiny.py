@@ -186,11 +186,13 @@ def resize_goldens() -> dict:
     return {"cases": cases}
 
 
-def train_tokenizers(preset: dict, tmp: Path):
+def train_tokenizers(preset: dict, tmp: Path, lines: list[str] | None = None):
+    """A LLaMA SentencePiece (BPE, byte fallback) and a BERT WordPiece tokenizer,
+    both trained on `lines` (default: this file's corpus and prompts)."""
     import sentencepiece as spm
     from transformers import BertTokenizer, LlamaTokenizer
 
-    lines = CORPUS.splitlines() + PROMPTS
+    lines = lines if lines is not None else CORPUS.splitlines() + PROMPTS
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines * 4),
         model_prefix=str(tmp / "llama"),
@@ -221,32 +223,38 @@ def train_tokenizers(preset: dict, tmp: Path):
     return tok, qtok, tmp / "llama.model"
 
 
+def processor_and_config(preset: dict, tmp: Path, lines: list[str] | None = None):
+    """The InstructBLIP processor (both tokenizers trained on `lines`) and model
+    config of a preset; returns (processor, config, SentencePiece model path)."""
+    from transformers import BlipImageProcessorPil, InstructBlipConfig, InstructBlipProcessor
+
+    tok, qtok, sp_model = train_tokenizers(preset, tmp, lines)
+    image_processor = BlipImageProcessorPil(size={"height": preset["image_size"], "width": preset["image_size"]})
+    processor = InstructBlipProcessor(image_processor, tok, qtok, num_query_tokens=preset["num_query_tokens"])
+    image_token_id = tok.convert_tokens_to_ids("<image>")
+    n_vocab = preset.get("vocab_rows") or len(tok) + preset["extra_rows"]
+    config = InstructBlipConfig(
+        vision_config=dict(image_size=preset["image_size"], patch_size=preset["patch_size"],
+                           layer_norm_eps=1e-6, **preset["vision"]),
+        qformer_config=dict(vocab_size=len(qtok), **preset["qformer"]),
+        text_config=dict(model_type="llama", vocab_size=n_vocab, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=None, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                         **preset["llama"]),
+        num_query_tokens=preset["num_query_tokens"],
+        image_token_index=image_token_id,
+    )
+    return processor, config, sp_model
+
+
 def build_checkpoint(name: str, preset: dict, ckpt: Path) -> None:
     import torch
-    from transformers import (
-        BlipImageProcessorPil,
-        GenerationConfig,
-        InstructBlipConfig,
-        InstructBlipForConditionalGeneration,
-        InstructBlipProcessor,
-    )
+    from transformers import GenerationConfig, InstructBlipForConditionalGeneration
 
     with tempfile.TemporaryDirectory() as t:
-        tok, qtok, sp_model = train_tokenizers(preset, Path(t))
-        image_processor = BlipImageProcessorPil(size={"height": preset["image_size"], "width": preset["image_size"]})
-        processor = InstructBlipProcessor(image_processor, tok, qtok, num_query_tokens=preset["num_query_tokens"])
-        image_token_id = tok.convert_tokens_to_ids("<image>")
-        n_vocab = preset.get("vocab_rows") or len(tok) + preset["extra_rows"]
-        config = InstructBlipConfig(
-            vision_config=dict(image_size=preset["image_size"], patch_size=preset["patch_size"],
-                               layer_norm_eps=1e-6, **preset["vision"]),
-            qformer_config=dict(vocab_size=len(qtok), **preset["qformer"]),
-            text_config=dict(model_type="llama", vocab_size=n_vocab, bos_token_id=1, eos_token_id=2,
-                             pad_token_id=None, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                             **preset["llama"]),
-            num_query_tokens=preset["num_query_tokens"],
-            image_token_index=image_token_id,
-        )
+        processor, config, sp_model = processor_and_config(preset, Path(t))
+        n_vocab = config.text_config.vocab_size
+        image_token_id = config.image_token_index
+        qtok = processor.qformer_tokenizer
         torch.manual_seed(preset["seed"])
         model = InstructBlipForConditionalGeneration(config).eval()
         # Transformers' init is tiny (vision std 1e-10) and would make every logit tie:

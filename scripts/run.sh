@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # `make run`: starts the daemon on its embedded defaults (embedded MQTT broker,
-# test-pattern camera, tiny test model), asks it one question over MQTT and
-# shows the streamed answer, then keeps serving until Ctrl-C.
+# test-pattern camera drawing shape scenes, the demo model), asks it one
+# question over MQTT, shows the streamed answer and saves the picture it was
+# about, then keeps serving until Ctrl-C.
 # Extra arguments go to `blipd serve` (e.g. --config systemd/blipd.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=./target/release/blipd
-PROMPT=${PROMPT:-What is in the picture?}
+PROMPT=${PROMPT:-Describe the scene.}
+SNAPSHOT=${SNAPSHOT:-/tmp/blipd-scene.jpg}
 LOG=$(mktemp)
 "$BIN" serve "$@" 2> >(tee "$LOG" >&2) &
 PID=$!
@@ -19,6 +21,7 @@ done
 URL=$(grep -o 'broker="[^"]*"' "$LOG" | head -n1 | cut -d'"' -f2)
 sleep 0.5
 echo "== asking the daemon over MQTT at $URL: $PROMPT" >&2
-"$BIN" ask --mqtt "$URL" --stream "$PROMPT"
+"$BIN" ask --mqtt "$URL" --stream --snapshot "$SNAPSHOT" "$PROMPT"
+echo "== the picture it answered about: $SNAPSHOT (a new scene every 10 s; try \"How many circles are there?\")" >&2
 echo "== blipd keeps serving at $URL (topics: docs/mqtt.md); Ctrl-C stops it." >&2
 wait "$PID"

@@ -39,7 +39,7 @@ enum Command {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Bundle directory [default: $BLIPD_MODEL, else the tiny test bundle].
+    /// Bundle directory [default: $BLIPD_MODEL, else the demo bundle].
     #[arg(long, env = "BLIPD_MODEL")]
     model: Option<PathBuf>,
     /// Image to answer about [default: a generated 640x480 test picture].
@@ -76,12 +76,20 @@ struct BenchArgs {
 #[derive(Args)]
 struct AskArgs {
     /// Bundle directory written by models/export.py [default: $BLIPD_MODEL, else the
-    /// tiny test bundle of the source tree].
+    /// demo bundle (models/demo)].
     #[arg(long, env = "BLIPD_MODEL")]
     model: Option<PathBuf>,
     /// Image file (PNG, JPEG, BMP, WebP), answered locally.
-    #[arg(long, required_unless_present = "mqtt", conflicts_with = "mqtt")]
+    #[arg(
+        long,
+        required_unless_present_any = ["mqtt", "scene"],
+        conflicts_with_all = ["mqtt", "scene"]
+    )]
     image: Option<PathBuf>,
+    /// Answer about demo scene SEED (what the test-pattern camera shows) instead
+    /// of an image file; `models/scenes.py SEED` draws the same picture.
+    #[arg(long, value_name = "SEED", conflicts_with = "mqtt")]
+    scene: Option<u64>,
     /// Ask the daemon behind this broker instead (mqtt://host:port).
     #[arg(long)]
     mqtt: Option<String>,
@@ -276,11 +284,11 @@ fn ask(a: AskArgs) -> Result<()> {
     if let Some(t) = a.temperature {
         params.sampling = Some(sampler_params(&a, t)?);
     }
-    let image = a
-        .image
-        .as_deref()
-        .context("--image is required without --mqtt")?;
-    let img = blipd::preprocess::load_rgb(image)?;
+    let img = match (&a.image, a.scene) {
+        (Some(image), _) => blipd::preprocess::load_rgb(image)?,
+        (None, Some(seed)) => blipd::camera::scene::Scene::sample(seed).render(640, 480),
+        (None, None) => bail!("--image or --scene is required without --mqtt"),
+    };
     let answer = pipeline.ask(&img, &a.instruction, &params)?;
     if a.json {
         let out = serde_json::json!({

@@ -267,7 +267,7 @@ fn bench_reports_every_stage() {
     let r = json_stdout(blipd().args([
         "bench", "--runs", "1", "--warmup", "0", "--tokens", "5", "--json",
     ]));
-    assert_eq!(r["model"], "tiny-a");
+    assert_eq!(r["model"], "demo");
     assert_eq!(r["runs"], 1);
     assert!(r["load_ms"].as_f64().unwrap() > 0.0);
     assert!(r["prompt_tokens"].as_u64().unwrap() > 0);

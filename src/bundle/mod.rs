@@ -266,15 +266,15 @@ fn file_error(path: &Path, source: std::io::Error) -> BundleError {
     }
 }
 
-/// Where the packages (.deb) install the tiny bundle.
-pub const INSTALLED_DEMO_BUNDLE: &str = "/usr/share/blipd/tiny-a";
+/// Where the packages (.deb) install the demo bundle.
+pub const INSTALLED_DEMO_BUNDLE: &str = "/usr/share/blipd/demo";
 
-/// The bundle used when none is configured: the tiny test bundle (random
-/// weights: it exercises every stage, its answers are not meant to be read),
-/// from the source tree this binary was built in, else where the package
-/// installed it.
+/// The bundle used when none is configured: the demo model (a few MB,
+/// `models/train_demo.py`), which answers questions about the shape scenes
+/// the test-pattern camera draws; from the source tree this binary was built
+/// in, else where the package installed it.
 pub fn default_bundle_dir() -> PathBuf {
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-a");
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/demo");
     let installed = PathBuf::from(INSTALLED_DEMO_BUNDLE);
     if !source.join("bundle.json").is_file() && installed.join("bundle.json").is_file() {
         installed

@@ -1,0 +1,69 @@
+"""The demo model's committed artefacts stay what the scripts make.
+
+CI does not retrain (tens of minutes); it checks that the scene generator and
+the held-out set still produce exactly the committed goldens, that the shipped
+bundle is the exported checkpoint it claims to be, and that every question the
+generator can ask tokenizes without unknown tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDENS = ROOT / "tests" / "fixtures" / "goldens"
+sys.path.insert(0, str(ROOT / "models"))
+
+import scenes  # noqa: E402
+import train_demo  # noqa: E402
+
+
+def test_scene_goldens_are_what_the_generator_draws():
+    committed = json.loads((GOLDENS / "scenes.json").read_text())
+    assert scenes.goldens() == committed
+
+
+def test_heldout_set_is_reproducible():
+    g = json.loads((GOLDENS / "demo.json").read_text())
+    per_type = len(g["cases"]) // len(scenes.TYPES)
+    fresh = train_demo.heldout_cases(per_type)
+    assert [(c["type"], c["seed"], c["prompt"], c["answer"]) for c in g["cases"]] == [
+        (c["type"], c["seed"], c["prompt"], c["answer"]) for c in fresh
+    ]
+    assert {c["type"] for c in fresh} == set(scenes.TYPES)
+
+
+def test_heldout_scenes_are_not_training_seeds():
+    # Training draws seeds below 2**62; the held-out ones start at 2**63.
+    for c in train_demo.heldout_cases(5):
+        assert c["seed"] > train_demo.TRAIN_SEED_MASK
+
+
+def test_every_question_type_is_answerable_and_balanced():
+    counts = {t: 0 for t in scenes.TYPES}
+    answers = {t: set() for t in scenes.TYPES}
+    for seed in range(3000):
+        scene = scenes.sample_scene(seed)
+        rng = scenes.SplitMix64(seed)
+        for t in scenes.available(scene):
+            _, q, a = scenes.sample_question(scene, rng, t)
+            counts[t] += 1
+            answers[t].add(a)
+            assert q and a == a.strip().lower()
+    assert all(n > 500 for n in counts.values()), counts
+    assert answers["exists"] == {"yes", "no"}
+    assert answers["count_shape"] == set(scenes.NUMBERS)
+    assert answers["color"] == set(scenes.COLORS)
+
+
+def test_bundle_tokenizers_cover_the_question_language():
+    tok = json.loads((ROOT / "models" / "demo" / "llm-tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    assert "<0x41>" in vocab  # byte fallback: nothing is ever unknown
+    qtok = json.loads((ROOT / "models" / "demo" / "qformer-tokenizer.json").read_text())
+    qvocab = qtok["model"]["vocab"]
+    for line in scenes.corpus():
+        for word in line.lower().replace("?", " ").replace(".", " ").replace(",", " ").split():
+            assert word in qvocab or all(c in qvocab for c in word), word

@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""Train the demo model: a small InstructBLIP that answers questions about shape scenes.
+
+    .venv/bin/python models/train_demo.py                # train, evaluate, export models/demo, goldens
+    .venv/bin/python models/train_demo.py --steps 200    # a quick smoke run (not accurate)
+    .venv/bin/python models/train_demo.py --eval-only models/out/demo-hf   # re-evaluate, re-export
+
+The real InstructBLIP weights are 15 GB; this model is a few MB and is what
+blipd runs on its zero-configuration defaults, so a new user sees it *work*: the
+test-pattern camera draws scenes from the generator in models/scenes.py and the
+model answers questions about them ("How many circles are there?", "What color
+is the square?", "Describe the scene.").
+
+It is the real architecture, `InstructBlipForConditionalGeneration` (ViT,
+instruction-aware Q-Former, projection, LLaMA), with a SentencePiece and a
+WordPiece tokenizer trained here on the question/answer language. Training is
+on CPU, seeded and deterministic (one fixed number of steps, data drawn from
+SplitMix64 seeds, torch deterministic algorithms): running it twice gives the
+same accuracy within a small margin.
+
+Steps:
+  1. tokenizers and model config (models/make_tiny.py helpers), fresh weights;
+  2. AdamW on freshly drawn scenes: each step renders B scenes at a random
+     camera resolution and asks K questions about each; the loss is the answer
+     tokens' (and EOS's) cross-entropy, the image and prompt are context only;
+  3. evaluation with transformers' own `generate` on held-out scenes (seeds
+     the training never draws), per question type;
+  4. export with models/export.py (f32 GGUF) to models/demo/, and goldens for
+     the Rust tests to tests/fixtures/goldens/demo.json: the held-out cases with
+     their true answers, and for a subset HF's greedy tokens and Q-Former output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import export as exporter  # noqa: E402
+import make_tiny  # noqa: E402
+import scenes  # noqa: E402
+
+PRESET = dict(
+    seed=2026,
+    image_size=64,
+    patch_size=8,
+    vision=dict(hidden_size=96, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4),
+    qformer=dict(hidden_size=96, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 cross_attention_frequency=1, max_position_embeddings=64),
+    num_query_tokens=8,
+    # 256-wide so every matrix row is a whole number of Q4_K blocks (llama.cpp's
+    # k-quants work on 256 values): the q4_k_m bundle is really Q4_K.
+    llama=dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=4, max_position_embeddings=256, rope_theta=10000.0),
+    sp_vocab=300,
+    extra_rows=0,
+    bert_vocab=200,
+    max_new_tokens=24,
+)
+
+# Camera resolutions the training renders at (then resized like the processor
+# does): the test-pattern camera's default 640x480 and smaller ones.
+RESOLUTIONS = [(640, 480), (320, 240), (160, 120), (128, 96)]
+# Held-out scenes: seeds from here on; training seeds are SplitMix64 outputs
+# below 2**62, so they never meet (the chance is ~1e-12 per draw).
+HELDOUT_BASE = (1 << 63) + 12345
+TRAIN_SEED_MASK = (1 << 62) - 1
+
+
+def log(msg: str) -> None:
+    print(f"[train_demo] {msg}", file=sys.stderr, flush=True)
+
+
+def init_weights(model, seed: int) -> None:
+    """Seeded init: normal(0, 0.02) matrices and embeddings, unit norms, zero biases."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.fill_(1.0 if "norm" in name.lower() and name.endswith("weight") else 0.0)
+            else:
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+
+
+class Batcher:
+    """Draws training batches: B scenes x K questions, all from SplitMix64 seeds."""
+
+    def __init__(self, processor, config, seed: int, images: int, questions: int):
+        self.tok = processor.tokenizer
+        self.qtok = processor.qformer_tokenizer
+        self.size = config.vision_config.image_size
+        self.nq = config.num_query_tokens
+        self.image_token = config.image_token_index
+        self.rng = scenes.SplitMix64(seed)
+        self.images, self.questions = images, questions
+        self.cache: dict[str, tuple[list[int], list[int]]] = {}
+        self.answers: dict[str, list[int]] = {}
+        mean = np.array(processor.image_processor.image_mean, dtype=np.float32)
+        std = np.array(processor.image_processor.image_std, dtype=np.float32)
+        self.mean, self.std = mean[:, None, None], std[:, None, None]
+
+    def encode(self, q: str):
+        if q not in self.cache:
+            self.cache[q] = (self.qtok(q)["input_ids"], self.tok(q)["input_ids"])
+        return self.cache[q]
+
+    def answer(self, a: str) -> list[int]:
+        if a not in self.answers:
+            self.answers[a] = self.tok(a, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+        return self.answers[a]
+
+    def pixels(self, img: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        small = Image.fromarray(img, "RGB").resize((self.size, self.size), Image.BICUBIC)
+        x = np.asarray(small, dtype=np.float32).transpose(2, 0, 1) * (1.0 / 255.0)
+        return (x - self.mean) / self.std
+
+    def next(self):
+        import torch
+
+        pix, rows = [], []
+        self.types: list[str] = []  # the question type of each row, for the training log
+        for i in range(self.images):
+            scene = scenes.sample_scene(self.rng.next() & TRAIN_SEED_MASK)
+            w, h = RESOLUTIONS[self.rng.below(len(RESOLUTIONS))]
+            pix.append(self.pixels(scenes.render(scene, w, h)))
+            for _ in range(self.questions):
+                qtype, q, a = scenes.sample_question(scene, self.rng)
+                qids, pids = self.encode(q)
+                rows.append((i, qids, pids, self.answer(a)))
+                self.types.append(qtype)
+        n = len(rows)
+        qlen = max(len(r[1]) for r in rows)
+        llen = self.nq + max(len(r[2]) + len(r[3]) for r in rows)
+        qids = torch.zeros(n, qlen, dtype=torch.long)
+        qmask = torch.zeros(n, qlen, dtype=torch.long)
+        ids = torch.zeros(n, llen, dtype=torch.long)
+        targets = torch.full((n, llen), -100, dtype=torch.long)
+        for j, (_, q, p, a) in enumerate(rows):
+            qids[j, : len(q)] = torch.tensor(q)
+            qmask[j, : len(q)] = 1
+            seq = [self.image_token] * self.nq + p + a
+            ids[j, : len(seq)] = torch.tensor(seq)
+            start = self.nq + len(p)
+            targets[j, start: start + len(a)] = torch.tensor(a)
+        image_of = torch.tensor([r[0] for r in rows])
+        return torch.from_numpy(np.stack(pix)), image_of, qids, qmask, ids, targets
+
+
+def forward_loss(model, pixel_values, image_of, qids, qmask, ids, targets):
+    """The InstructBLIP forward of `get_image_features` + the LLM, with the vision
+    encoder run once per image (not once per question), and the answer-only loss."""
+    import torch
+    import torch.nn.functional as F
+
+    vis = model.vision_model(pixel_values=pixel_values, return_dict=True).last_hidden_state[image_of]
+    nq = model.config.num_query_tokens
+    query = model.query_tokens.expand(vis.shape[0], -1, -1)
+    mask = torch.cat([torch.ones(vis.shape[0], nq, dtype=torch.long), qmask], dim=1)
+    qo = model.qformer(input_ids=qids, attention_mask=mask, query_embeds=query, encoder_hidden_states=vis,
+                       encoder_attention_mask=torch.ones(vis.shape[:-1], dtype=torch.long),
+                       return_dict=True).last_hidden_state[:, :nq]
+    feats = model.language_projection(qo)
+    emb = model.get_input_embeddings()(ids[:, nq:])
+    logits = model.language_model(inputs_embeds=torch.cat([feats, emb], dim=1)).logits
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets[:, 1:].reshape(-1),
+                           ignore_index=-100)
+    return loss, logits
+
+
+def batch_hits(logits, targets) -> list[bool]:
+    """Per row: is every answer token (and EOS) the argmax, given the ones before?"""
+    pred = logits[:, :-1].argmax(-1)
+    want = targets[:, 1:]
+    return ((pred == want) | (want == -100)).all(dim=1).tolist()
+
+
+def heldout_cases(per_type: int) -> list[dict]:
+    """`per_type` held-out questions of every type, each on its own scene."""
+    cases = []
+    seed = HELDOUT_BASE
+    for qtype in scenes.TYPES:
+        n = 0
+        while n < per_type:
+            scene = scenes.sample_scene(seed)
+            if qtype in scenes.available(scene):
+                _, q, a = scenes.sample_question(scene, scenes.SplitMix64(seed ^ 0x5EED), qtype)
+                cases.append({"type": qtype, "seed": seed, "prompt": q, "answer": a})
+                n += 1
+            seed += 1
+    return cases
+
+
+EVAL_SIZE = (640, 480)  # the test-pattern camera's default
+
+
+def load_reference(ckpt: Path):
+    import torch
+    from transformers import (AutoTokenizer, BlipImageProcessorPil, InstructBlipForConditionalGeneration,
+                              InstructBlipProcessor)
+
+    model = InstructBlipForConditionalGeneration.from_pretrained(
+        ckpt, dtype=torch.float32, attn_implementation="eager").eval()
+    processor = InstructBlipProcessor(
+        BlipImageProcessorPil.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt),
+        AutoTokenizer.from_pretrained(ckpt / "qformer_tokenizer"), num_query_tokens=model.config.num_query_tokens)
+    return model, processor
+
+
+def evaluate(ckpt: Path, cases: list[dict], goldens: int = 0) -> tuple[dict, list[dict]]:
+    """HF transformers' greedy answers on `cases`; accuracy per type. The first
+    `goldens` cases of each type also get their tokens, Q-Former output and the
+    smallest logit margin recorded."""
+    import torch
+    from PIL import Image
+
+    model, processor = load_reference(ckpt)
+    correct: dict[str, list[int]] = {t: [0, 0] for t in scenes.TYPES}
+    seen: dict[str, int] = {t: 0 for t in scenes.TYPES}
+    out = []
+    for case in cases:
+        img = Image.fromarray(scenes.render(scenes.sample_scene(case["seed"]), *EVAL_SIZE), "RGB")
+        inputs = processor(images=img, text=case["prompt"], return_tensors="pt")
+        with torch.no_grad():
+            gen = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=PRESET["max_new_tokens"],
+                                 output_scores=True, return_dict_in_generate=True)
+        n_in = inputs["input_ids"].shape[1]
+        tokens = gen.sequences[0, n_in:].tolist()
+        text = processor.tokenizer.decode(tokens, skip_special_tokens=True)
+        ok = text.strip() == case["answer"]
+        correct[case["type"]][0] += ok
+        correct[case["type"]][1] += 1
+        c = dict(case, reference_text=text, reference_correct=ok)
+        if seen[case["type"]] < goldens:
+            seen[case["type"]] += 1
+            with torch.no_grad():
+                feats = model.get_image_features(
+                    inputs["pixel_values"], qformer_input_ids=inputs["qformer_input_ids"],
+                    qformer_attention_mask=inputs["qformer_attention_mask"], return_dict=True).pooler_output
+            margins = [float(torch.topk(s[0], 2).values.diff().abs()) for s in gen.scores]
+            c.update(golden=True, tokens=tokens, min_logit_margin=min(margins),
+                     qformer_input_ids=inputs["qformer_input_ids"][0].tolist(),
+                     llm_input_ids=inputs["input_ids"][0, model.config.num_query_tokens:].tolist(),
+                     qformer_shape=list(feats.shape), qformer=make_tiny.floats(feats))
+        out.append(c)
+    acc = {t: {"correct": v[0], "total": v[1], "accuracy": v[0] / max(v[1], 1)} for t, v in correct.items()}
+    return acc, out
+
+
+def table(acc: dict) -> str:
+    lines = ["| question type | correct | accuracy |", "|---|---|---|"]
+    for t, v in acc.items():
+        lines.append(f"| {t} | {v['correct']}/{v['total']} | {100 * v['accuracy']:.1f} % |")
+    return "\n".join(lines)
+
+
+def train(ckpt: Path, steps: int, images: int, questions: int, lr: float, seed: int) -> dict:
+    import torch
+    from transformers import GenerationConfig, InstructBlipForConditionalGeneration
+
+    with tempfile.TemporaryDirectory() as t:
+        processor, config, sp_model = make_tiny.processor_and_config(PRESET, Path(t), scenes.corpus())
+        torch.manual_seed(seed)
+        model = InstructBlipForConditionalGeneration(config)
+        init_weights(model, seed)
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"{n_params} parameters; LLaMA vocab {config.text_config.vocab_size}, "
+            f"Q-Former vocab {config.qformer_config.vocab_size}")
+        model.train()
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                                lr=lr, betas=(0.9, 0.98))
+        warmup = max(1, steps // 20)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        batches = Batcher(processor, config, seed, images, questions)
+        t0 = time.time()
+        ema = None
+        hits: dict[str, list[int]] = {t: [0, 0] for t in scenes.TYPES}
+        for step in range(steps):
+            batch = batches.next()
+            loss, logits = forward_loss(model, *batch)
+            with torch.no_grad():
+                for qtype, hit in zip(batches.types, batch_hits(logits, batch[-1])):
+                    hits[qtype][0] += hit
+                    hits[qtype][1] += 1
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            value = loss.item()
+            ema = value if ema is None else 0.98 * ema + 0.02 * value
+            if step % 100 == 0 or step == steps - 1:
+                acc = " ".join(f"{t} {100 * h / max(n, 1):.0f}%" for t, (h, n) in hits.items())
+                log(f"step {step}/{steps} loss {ema:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                    f"{time.time() - t0:.0f} s | training batches, teacher-forced: {acc}")
+                hits = {t: [0, 0] for t in scenes.TYPES}
+        train_s = time.time() - t0
+        model.eval()
+        model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2,
+                                                   max_new_tokens=PRESET["max_new_tokens"], do_sample=False)
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        ckpt.mkdir(parents=True)
+        model.save_pretrained(ckpt)
+        processor.save_pretrained(ckpt)
+        shutil.copy(sp_model, ckpt / "tokenizer.model")
+    return {"steps": steps, "images_per_step": images, "questions_per_image": questions, "lr": lr, "seed": seed,
+            "parameters": n_params, "train_seconds": round(train_s, 1), "final_loss": ema}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--images", type=int, default=24, help="scenes per step")
+    ap.add_argument("--questions", type=int, default=4, help="questions per scene")
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--seed", type=int, default=PRESET["seed"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ckpt", type=Path, default=HERE / "out" / "demo-hf", help="where the HF checkpoint goes")
+    ap.add_argument("--bundle", type=Path, default=HERE / "demo", help="where the blipd bundle goes")
+    ap.add_argument("--goldens", type=Path, default=HERE.parent / "tests" / "fixtures" / "goldens" / "demo.json")
+    ap.add_argument("--per-type", type=int, default=100, help="held-out questions per type")
+    ap.add_argument("--eval-only", type=Path, metavar="CKPT", help="evaluate this checkpoint, no training")
+    ap.add_argument("--no-export", action="store_true", help="train and evaluate only")
+    args = ap.parse_args()
+    import torch
+
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(args.threads)
+    report = {}
+    ckpt = args.ckpt
+    if args.eval_only:
+        ckpt = args.eval_only
+    else:
+        report["training"] = train(ckpt, args.steps, args.images, args.questions, args.lr, args.seed)
+    cases = heldout_cases(args.per_type)
+    t0 = time.time()
+    acc, evaluated = evaluate(ckpt, cases, goldens=4)
+    report["reference_accuracy"] = acc
+    log(f"held-out accuracy (transformers, {time.time() - t0:.0f} s):\n{table(acc)}")
+    if args.no_export:
+        print(json.dumps(report, indent=1))
+        return 0
+    if "training" in report:
+        (ckpt / "training.json").write_text(json.dumps(report["training"], indent=1) + "\n")
+    elif (ckpt / "training.json").is_file():
+        report["training"] = json.loads((ckpt / "training.json").read_text())
+    exporter.export(str(ckpt), args.bundle, "f32", None, force=True,
+                    label="models/train_demo.py (shape-scene demo model)")
+    golden = {"bundle": "demo", "eval_size": list(EVAL_SIZE), "max_new_tokens": PRESET["max_new_tokens"],
+              "report": report, "cases": evaluated}
+    args.goldens.write_text(json.dumps(golden) + "\n")
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

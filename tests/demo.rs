@@ -1,0 +1,217 @@
+//! The shipped demo bundle (`models/demo`, trained by `models/train_demo.py`)
+//! against what Hugging Face transformers did with the same checkpoint
+//! (`tests/fixtures/goldens/demo.json`):
+//!
+//! - on held-out scenes the training never saw, drawn here by the Rust port of
+//!   the scene generator (the test-pattern camera's), the Rust pipeline
+//!   answers what transformers answers, and so scores what it scores per
+//!   question type (the accuracy itself is the model's, see docs/DEMO.md);
+//! - on the golden subset, its Q-Former output and greedy tokens are the
+//!   reference's;
+//! - the Q8_0 and Q4_K_M quantized bundles (made by `blipd quantize`) are
+//!   scored the same way, beside the f32 one, and stay close to it.
+//!
+//! Run with `--nocapture` to see the accuracy tables.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use blipd::camera::scene::Scene;
+use blipd::llm::GenerateParams;
+use blipd::{Pipeline, PipelineOptions};
+use serde::Deserialize;
+
+const QFORMER_TOL: f32 = 1e-4;
+
+#[derive(Debug, Deserialize)]
+struct Case {
+    #[serde(rename = "type")]
+    qtype: String,
+    seed: u64,
+    prompt: String,
+    answer: String,
+    reference_text: String,
+    reference_correct: bool,
+    #[serde(default)]
+    golden: bool,
+    #[serde(default)]
+    tokens: Vec<u32>,
+    #[serde(default)]
+    qformer: Vec<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Goldens {
+    eval_size: [u32; 2],
+    max_new_tokens: usize,
+    cases: Vec<Case>,
+}
+
+fn demo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo")
+}
+
+fn goldens() -> Goldens {
+    let path = common::fixtures().join("goldens/demo.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Per question type: (right, asked, agreeing with the reference's text).
+type Scores = BTreeMap<String, (usize, usize, usize)>;
+
+/// Every held-out case through the pipeline of `bundle`; `check_goldens`
+/// also holds the golden subset to the reference's tokens and Q-Former output.
+fn score(bundle: &Path, g: &Goldens, check_goldens: bool) -> Scores {
+    let opts = PipelineOptions {
+        threads: 2,
+        ..Default::default()
+    };
+    let mut p = Pipeline::load(bundle, &opts).unwrap();
+    let params = GenerateParams {
+        max_new_tokens: g.max_new_tokens,
+        sampling: None,
+    };
+    let eos = blipd::bundle::Bundle::open(bundle)
+        .unwrap()
+        .manifest
+        .llm
+        .eos_token_ids;
+    let mut scores = Scores::new();
+    let mut goldens = 0;
+    for case in &g.cases {
+        let img = Scene::sample(case.seed).render(g.eval_size[0], g.eval_size[1]);
+        let frame = p.image_features(&img).unwrap();
+        let a = p.answer(&frame, &case.prompt, &params, |_| {}).unwrap();
+        let s = scores.entry(case.qtype.clone()).or_default();
+        s.0 += usize::from(a.text.trim() == case.answer);
+        s.1 += 1;
+        s.2 += usize::from(a.text == case.reference_text);
+        if check_goldens && case.golden {
+            goldens += 1;
+            let prepared = p.prepare(&case.prompt).unwrap();
+            let q = p.soft_prompt(&frame.features, &prepared).unwrap();
+            let diff = common::max_abs_diff(&q, &case.qformer);
+            assert!(
+                diff <= QFORMER_TOL,
+                "seed {} {:?}: Q-Former differs by {diff}",
+                case.seed,
+                case.prompt
+            );
+            // transformers' sequence ends with the EOS it stopped on; blipd's
+            // tokens are the answer's and EOS shows as `stop: "eos"`.
+            let mut want = case.tokens.clone();
+            if want.last().is_some_and(|&t| eos.contains(&(t as _))) {
+                want.pop();
+                assert_eq!(a.stop, blipd::llm::StopReason::Eos);
+            }
+            assert_eq!(
+                a.tokens, want,
+                "seed {} {:?}: greedy tokens differ from transformers'",
+                case.seed, case.prompt
+            );
+        }
+    }
+    if check_goldens {
+        assert!(goldens >= 12, "the golden subset has {goldens} cases");
+    }
+    scores
+}
+
+fn table(rows: &[(&str, &Scores)]) -> String {
+    let mut out = String::from("| question type |");
+    for (name, _) in rows {
+        out += &format!(" {name} |");
+    }
+    out += "\n|---|";
+    out += &"---|".repeat(rows.len());
+    for qtype in rows[0].1.keys() {
+        out += &format!("\n| {qtype} |");
+        for (_, s) in rows {
+            let (right, n, _) = s[qtype];
+            out += &format!(" {right}/{n} ({:.1} %) |", 100.0 * right as f64 / n as f64);
+        }
+    }
+    out
+}
+
+/// `got` within `points` percentage points of `base`, per question type.
+fn assert_close(name: &str, got: &Scores, base: &BTreeMap<String, f64>, points: f64) {
+    for (qtype, &(right, n, _)) in got {
+        let acc = 100.0 * right as f64 / n as f64;
+        let want = base[qtype];
+        assert!(
+            (acc - want).abs() <= points,
+            "{name}: {qtype} {acc:.1} % right, {want:.1} % expected (+-{points})"
+        );
+    }
+}
+
+fn quantize(kind: &str, out: &Path) {
+    let st = Command::new(env!("CARGO_BIN_EXE_blipd"))
+        .args(["quantize", "--threads", "2"])
+        .arg(demo_dir())
+        .arg(out)
+        .arg(kind)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "blipd quantize {kind}: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+#[test]
+fn demo_bundle_answers_held_out_scenes_like_the_reference() {
+    let g = goldens();
+    assert!(g.cases.len() >= 600);
+    let f32_scores = score(&demo_dir(), &g, true);
+    for (qtype, &(_, n, agree)) in &f32_scores {
+        // Goldens pin tokens where the reference's margins are safe; on the
+        // rest a near tie may go either way, but hardly ever does.
+        assert!(
+            agree * 100 >= n * 98,
+            "{qtype}: only {agree}/{n} answers equal transformers'"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (q8, q4) = (dir.path().join("demo-q8_0"), dir.path().join("demo-q4_k_m"));
+    quantize("q8_0", &q8);
+    quantize("q4_k_m", &q4);
+    let q8_scores = score(&q8, &g, false);
+    let q4_scores = score(&q4, &g, false);
+    eprintln!(
+        "demo bundle, held-out accuracy ({} questions, {}x{} scenes):\n{}",
+        g.cases.len(),
+        g.eval_size[0],
+        g.eval_size[1],
+        table(&[
+            ("f32", &f32_scores),
+            ("q8_0", &q8_scores),
+            ("q4_k_m", &q4_scores)
+        ])
+    );
+    // The Rust pipeline scores what transformers scores on the same cases...
+    let mut reference: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for c in &g.cases {
+        let r = reference.entry(c.qtype.clone()).or_default();
+        r.0 += usize::from(c.reference_correct);
+        r.1 += 1;
+    }
+    let reference: BTreeMap<String, f64> = reference
+        .into_iter()
+        .map(|(t, (right, n))| (t, 100.0 * right as f64 / n as f64))
+        .collect();
+    assert_close("f32 vs transformers", &f32_scores, &reference, 2.0);
+    // ... and quantizing the LLM costs little.
+    let f32_pct: BTreeMap<String, f64> = f32_scores
+        .iter()
+        .map(|(t, &(right, n, _))| (t.clone(), 100.0 * right as f64 / n as f64))
+        .collect();
+    assert_close("q8_0 vs f32", &q8_scores, &f32_pct, 3.0);
+    assert_close("q4_k_m vs f32", &q4_scores, &f32_pct, 6.0);
+}
