@@ -307,3 +307,38 @@ fn bench_reports_every_stage() {
         assert!(table.contains(row), "{row}: {table}");
     }
 }
+
+/// `blipd ask --scene SEED` with no `--model`: the default (demo) bundle
+/// answers about the demo scene as transformers did (goldens/demo.json).
+#[test]
+fn ask_about_a_demo_scene_with_the_default_bundle() {
+    let path = fixtures().join("goldens/demo.json");
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let case = g["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["golden"] == true && c["type"] == "describe")
+        .unwrap();
+    let r = json_stdout(
+        blipd()
+            .env_remove("BLIPD_MODEL")
+            .args(["ask", "--json", "--scene"])
+            .arg(case["seed"].as_u64().unwrap().to_string())
+            .arg(case["prompt"].as_str().unwrap()),
+    );
+    assert_eq!(r["answer"], case["reference_text"]);
+    let mut want: Vec<u64> = case["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    if want.last() == Some(&2) {
+        want.pop(); // transformers keeps the EOS it stopped on
+        assert_eq!(r["stop"], "eos");
+    }
+    assert_eq!(r["tokens"], serde_json::json!(want));
+    assert!(r["model"].as_str().unwrap().ends_with("models/demo"));
+}
