@@ -239,6 +239,11 @@ def evaluate(ckpt: Path, cases: list[dict], goldens: int = 0) -> tuple[dict, lis
                                  output_scores=True, return_dict_in_generate=True)
         n_in = inputs["input_ids"].shape[1]
         tokens = gen.sequences[0, n_in:].tolist()
+        # Recorded as blipd reports them: the answer's tokens, the EOS it
+        # stopped on as `stop`.
+        stop = "max_tokens"
+        if tokens and tokens[-1] == model.generation_config.eos_token_id:
+            tokens, stop = tokens[:-1], "eos"
         text = processor.tokenizer.decode(tokens, skip_special_tokens=True)
         ok = text.strip() == case["answer"]
         correct[case["type"]][0] += ok
@@ -251,7 +256,7 @@ def evaluate(ckpt: Path, cases: list[dict], goldens: int = 0) -> tuple[dict, lis
                     inputs["pixel_values"], qformer_input_ids=inputs["qformer_input_ids"],
                     qformer_attention_mask=inputs["qformer_attention_mask"], return_dict=True).pooler_output
             margins = [float(torch.topk(s[0], 2).values.diff().abs()) for s in gen.scores]
-            c.update(golden=True, tokens=tokens, min_logit_margin=min(margins),
+            c.update(golden=True, tokens=tokens, stop=stop, min_logit_margin=min(margins),
                      qformer_input_ids=inputs["qformer_input_ids"][0].tolist(),
                      llm_input_ids=inputs["input_ids"][0, model.config.num_query_tokens:].tolist(),
                      qformer_shape=list(feats.shape), qformer=make_tiny.floats(feats))

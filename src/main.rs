@@ -286,7 +286,10 @@ fn ask(a: AskArgs) -> Result<()> {
     }
     let img = match (&a.image, a.scene) {
         (Some(image), _) => blipd::preprocess::load_rgb(image)?,
-        (None, Some(seed)) => blipd::camera::scene::Scene::sample(seed).render(640, 480),
+        (None, Some(seed)) => {
+            let (w, h) = blipd::camera::TEST_PATTERN_SIZE;
+            blipd::camera::scene::Scene::sample(seed).render(w, h)
+        }
         (None, None) => bail!("--image or --scene is required without --mqtt"),
     };
     let answer = pipeline.ask(&img, &a.instruction, &params)?;

@@ -156,11 +156,14 @@ impl SourceConfig {
     }
 }
 
+/// A test pattern's size when the config gives none.
+pub const TEST_PATTERN_SIZE: (u32, u32) = (640, 480);
+
 fn default_pattern_width() -> u32 {
-    640
+    TEST_PATTERN_SIZE.0
 }
 fn default_pattern_height() -> u32 {
-    480
+    TEST_PATTERN_SIZE.1
 }
 fn default_pattern_fps() -> f32 {
     2.0
