@@ -20,12 +20,16 @@ same accuracy within a small margin.
 
 Steps:
   1. tokenizers and model config (models/make_tiny.py helpers), fresh weights;
-  2. AdamW on freshly drawn scenes: each step renders B scenes at a random
-     camera resolution and asks K questions about each; the loss is the answer
-     tokens' (and EOS's) cross-entropy, the image and prompt are context only;
-  3. evaluation with transformers' own `generate` on held-out scenes (seeds
+  2. stage 1, seeing (see `pretrain`): the ViT learns to name the shape centred
+     in each patch, then the ViT and Q-Former learn to name the shapes left
+     to right in the first query outputs; both heads are thrown away;
+  3. stage 2, answering: AdamW on freshly drawn scenes, each step renders B
+     scenes at a random camera resolution and asks K questions about each;
+     the loss is the answer tokens' (and EOS's) cross-entropy, the image and
+     prompt are context only; the ViT and Q-Former move slower;
+  4. evaluation with transformers' own `generate` on held-out scenes (seeds
      the training never draws), per question type;
-  4. export with models/export.py (f32 GGUF) to models/demo/, and goldens for
+  5. export with models/export.py (f32 GGUF) to models/demo/, and goldens for
      the Rust tests to tests/fixtures/goldens/demo.json: the held-out cases with
      their true answers, and for a subset HF's greedy tokens and Q-Former output.
 """
@@ -128,15 +132,43 @@ class Batcher:
         x = np.asarray(small, dtype=np.float32).transpose(2, 0, 1) * (1.0 / 255.0)
         return (x - self.mean) / self.std
 
+    def scene(self) -> tuple[scenes.Scene, np.ndarray]:
+        """A fresh training scene, rendered at a random camera resolution and preprocessed."""
+        scene = scenes.sample_scene(self.rng.next() & TRAIN_SEED_MASK)
+        w, h = RESOLUTIONS[self.rng.below(len(RESOLUTIONS))]
+        return scene, self.pixels(scenes.render(scene, w, h))
+
+    def vision_batch(self, grid: int, slots: int, questions: bool):
+        """Stage 1's batch: B scenes; per ViT patch, the class of the shape centred
+        in it (0: none; else 1 + kind * 4 + colour); the shapes left to right as
+        `slots` such classes; and (if `questions`) one question about each scene, for the Q-Former."""
+        import torch
+
+        pix, labels, found, asked = [], [], [], []
+        for _ in range(self.images):
+            scene, x = self.scene()
+            pix.append(x)
+            labels.append(patch_labels(scene, grid))
+            found.append(slot_labels(scene, slots))
+            if questions:
+                asked.append(self.encode(scenes.sample_question(scene, self.rng)[1])[0])
+        qlen = max((len(q) for q in asked), default=0)
+        qids = torch.zeros(len(asked), qlen, dtype=torch.long)
+        qmask = torch.zeros(len(asked), qlen, dtype=torch.long)
+        for j, q in enumerate(asked):
+            qids[j, : len(q)] = torch.tensor(q)
+            qmask[j, : len(q)] = 1
+        return (torch.from_numpy(np.stack(pix)), torch.from_numpy(np.stack(labels)), torch.tensor(found),
+                qids, qmask)
+
     def next(self):
         import torch
 
         pix, rows = [], []
         self.types: list[str] = []  # the question type of each row, for the training log
         for i in range(self.images):
-            scene = scenes.sample_scene(self.rng.next() & TRAIN_SEED_MASK)
-            w, h = RESOLUTIONS[self.rng.below(len(RESOLUTIONS))]
-            pix.append(self.pixels(scenes.render(scene, w, h)))
+            scene, x = self.scene()
+            pix.append(x)
             for _ in range(self.questions):
                 qtype, q, a = scenes.sample_question(scene, self.rng)
                 qids, pids = self.encode(q)
@@ -160,6 +192,116 @@ class Batcher:
         return torch.from_numpy(np.stack(pix)), image_of, qids, qmask, ids, targets
 
 
+N_PATCH_CLASSES = 1 + len(scenes.SHAPES) * len(scenes.COLORS)
+
+
+def patch_labels(scene: scenes.Scene, grid: int) -> np.ndarray:
+    """Per patch of the ViT's grid x grid (row-major, like its patch tokens): the
+    class of the shape whose centre falls in it, 0 where none does."""
+    labels = np.zeros((grid, grid), dtype=np.int64)
+    for s in scene.shapes:
+        col = min(grid - 1, int(s.cx / scenes.ASPECT * grid))
+        row = min(grid - 1, int(s.cy * grid))
+        labels[row, col] = 1 + scenes.SHAPES.index(s.kind) * len(scenes.COLORS) + scenes.COLORS.index(s.color)
+    return labels.reshape(-1)
+
+
+def slot_labels(scene: scenes.Scene, slots: int) -> list[int]:
+    """The scene's shapes left to right as patch classes, padded with 0 to `slots`."""
+    out = [1 + scenes.SHAPES.index(s.kind) * len(scenes.COLORS) + scenes.COLORS.index(s.color)
+           for s in scene.shapes]
+    return out + [0] * (slots - len(out))
+
+
+def pretrain(model, batches: "Batcher", steps: int, lr: float, slots: bool) -> dict:
+    """Stage 1: teach the ViT (and then the Q-Former) to see shapes before the LLM reads them.
+
+    Trained end to end from scratch, the ViT learns colours but never outlines:
+    the answer loss reaches it only through the Q-Former and the LLM, and three
+    full trainings plateaued with shape answers at the majority class. (The
+    real InstructBLIP never trains its ViT from scratch either: it is EVA-CLIP,
+    pretrained, and its Q-Former is pretrained too, in BLIP-2's first stage.)
+
+    Dense part (always): every ViT patch token predicts, through a linear head
+    that is then thrown away, which shape (kind and colour) is centred in that
+    patch, if any. That puts "a red circle is here" into the token the Q-Former
+    attends to. Object patches weigh 5x, as they are one in 20.
+
+    Slot part (`slots`): the Q-Former, given the scene and a question about it,
+    has its first three query outputs name the shapes left to right (or none),
+    through another throw-away head. Counting, "which is further left" and
+    describing all read off those slots; the Q-Former learns to attend to one
+    object per query here, with a direct signal, instead of through the LLM.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    vis = model.vision_model
+    cfg = model.config.vision_config
+    grid = cfg.image_size // cfg.patch_size
+    n_slots = 3
+    head = torch.nn.Linear(cfg.hidden_size, N_PATCH_CLASSES)
+    slot_head = torch.nn.Linear(model.config.qformer_config.hidden_size, N_PATCH_CLASSES)
+    params = list(vis.parameters()) + list(head.parameters())
+    if slots:
+        params += list(model.qformer.parameters()) + [model.query_tokens] + list(slot_head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    warmup = 50
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    t0 = time.time()
+    stats = []
+    colors = len(scenes.COLORS)
+    for step in range(steps):
+        pix, labels, found, qids, qmask = batches.vision_batch(grid, n_slots, questions=slots)
+        feats = vis(pixel_values=pix, return_dict=True).last_hidden_state
+        logits = head(feats[:, 1:])
+        weight = torch.where(labels > 0, 5.0, 1.0).reshape(-1)
+        loss = (F.cross_entropy(logits.reshape(-1, N_PATCH_CLASSES), labels.reshape(-1), reduction="none")
+                * weight).sum() / weight.sum()
+        with torch.no_grad():
+            pred, obj = logits.argmax(-1), labels > 0
+            row = [(((pred - 1) // colors == (labels - 1) // colors) & (pred > 0))[obj].float().mean().item(),
+                   (((pred - 1) % colors == (labels - 1) % colors) & (pred > 0))[obj].float().mean().item()]
+        if slots:
+            slot_logits = slot_head(query_outputs(model, feats, qids, qmask)[:, :n_slots])
+            loss = loss + F.cross_entropy(slot_logits.reshape(-1, N_PATCH_CLASSES), found.reshape(-1))
+            with torch.no_grad():
+                hit = slot_logits.argmax(-1) == found
+                row += [hit.float().mean().item(), hit.all(dim=1).float().mean().item()]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        stats.append(row)
+        if step % 100 == 0 or step == steps - 1:
+            mean = np.mean(stats[-100:], axis=0)
+            msg = f"shape centres: kind {100 * mean[0]:.0f}% colour {100 * mean[1]:.0f}%"
+            if slots:
+                msg += f" | slots {100 * mean[2]:.0f}%, whole scenes {100 * mean[3]:.0f}%"
+            log(f"{'queries' if slots else 'vision'} {step}/{steps} loss {loss.item():.4f} "
+                f"{time.time() - t0:.0f} s | {msg}")
+    mean = np.mean(stats[-100:], axis=0)
+    report = {"steps": steps, "images_per_step": batches.images, "lr": lr, "seconds": round(time.time() - t0, 1),
+              "final_loss": loss.item(), "centre_kind": mean[0], "centre_color": mean[1]}
+    if slots:
+        report.update(slots=mean[2], whole_scenes=mean[3])
+    return report
+
+
+def query_outputs(model, vis, qids, qmask):
+    """The Q-Former's query outputs for image features `vis` and instructions `qids`."""
+    import torch
+
+    nq = model.config.num_query_tokens
+    query = model.query_tokens.expand(vis.shape[0], -1, -1)
+    mask = torch.cat([torch.ones(vis.shape[0], nq, dtype=torch.long), qmask], dim=1)
+    return model.qformer(input_ids=qids, attention_mask=mask, query_embeds=query, encoder_hidden_states=vis,
+                         encoder_attention_mask=torch.ones(vis.shape[:-1], dtype=torch.long),
+                         return_dict=True).last_hidden_state[:, :nq]
+
+
 def forward_loss(model, pixel_values, image_of, qids, qmask, ids, targets):
     """The InstructBLIP forward of `get_image_features` + the LLM, with the vision
     encoder run once per image (not once per question), and the answer-only loss."""
@@ -168,12 +310,7 @@ def forward_loss(model, pixel_values, image_of, qids, qmask, ids, targets):
 
     vis = model.vision_model(pixel_values=pixel_values, return_dict=True).last_hidden_state[image_of]
     nq = model.config.num_query_tokens
-    query = model.query_tokens.expand(vis.shape[0], -1, -1)
-    mask = torch.cat([torch.ones(vis.shape[0], nq, dtype=torch.long), qmask], dim=1)
-    qo = model.qformer(input_ids=qids, attention_mask=mask, query_embeds=query, encoder_hidden_states=vis,
-                       encoder_attention_mask=torch.ones(vis.shape[:-1], dtype=torch.long),
-                       return_dict=True).last_hidden_state[:, :nq]
-    feats = model.language_projection(qo)
+    feats = model.language_projection(query_outputs(model, vis, qids, qmask))
     emb = model.get_input_embeddings()(ids[:, nq:])
     logits = model.language_model(inputs_embeds=torch.cat([feats, emb], dim=1)).logits
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets[:, 1:].reshape(-1),
@@ -272,10 +409,11 @@ def table(acc: dict) -> str:
     return "\n".join(lines)
 
 
-def train(ckpt: Path, steps: int, images: int, questions: int, lr: float, seed: int) -> dict:
+def train(ckpt: Path, args) -> dict:
     import torch
     from transformers import GenerationConfig, InstructBlipForConditionalGeneration
 
+    steps, images, questions, lr, seed = args.steps, args.images, args.questions, args.lr, args.seed
     with tempfile.TemporaryDirectory() as t:
         processor, config, sp_model = make_tiny.processor_and_config(PRESET, Path(t), scenes.corpus())
         torch.manual_seed(seed)
@@ -285,10 +423,26 @@ def train(ckpt: Path, steps: int, images: int, questions: int, lr: float, seed: 
         log(f"{n_params} parameters; LLaMA vocab {config.text_config.vocab_size}, "
             f"Q-Former vocab {config.qformer_config.vocab_size}")
         model.train()
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                                lr=lr, betas=(0.9, 0.98))
+        stage1 = {}
+        if args.vision_steps:
+            stage1["vision"] = pretrain(model, Batcher(processor, config, seed ^ 0x5EE5, args.stage1_images, 1),
+                                        args.vision_steps, args.stage1_lr, slots=False)
+        if args.query_steps:
+            stage1["queries"] = pretrain(model, Batcher(processor, config, seed ^ 0x51075, args.stage1_images, 1),
+                                         args.query_steps, args.stage1_lr, slots=True)
+        # Stage 2: everything on the answers; what stage 1 taught moves slower.
+        scales = {"vision_model.": args.vision_lr_scale if args.vision_steps else 1.0,
+                  "qformer.": args.qformer_lr_scale if args.query_steps else 1.0,
+                  "query_tokens": args.qformer_lr_scale if args.query_steps else 1.0}
+        groups = []
+        for prefix in [*scales, ""]:
+            named = [(n, p) for n, p in model.named_parameters()
+                     if n.startswith(prefix) and (prefix or not any(n.startswith(k) for k in scales))]
+            scale = scales.get(prefix, 1.0)
+            groups += [{"params": [p for n, p in named if p.ndim >= 2], "weight_decay": 0.01, "lr": lr * scale},
+                       {"params": [p for n, p in named if p.ndim < 2], "weight_decay": 0.0, "lr": lr * scale}]
+        assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+        opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
         warmup = max(1, steps // 20)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
@@ -312,7 +466,7 @@ def train(ckpt: Path, steps: int, images: int, questions: int, lr: float, seed: 
             ema = value if ema is None else 0.98 * ema + 0.02 * value
             if step % 100 == 0 or step == steps - 1:
                 acc = " ".join(f"{t} {100 * h / max(n, 1):.0f}%" for t, (h, n) in hits.items())
-                log(f"step {step}/{steps} loss {ema:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                log(f"step {step}/{steps} loss {ema:.4f} lr {sched.get_last_lr()[-1]:.2e} "
                     f"{time.time() - t0:.0f} s | training batches, teacher-forced: {acc}")
                 hits = {t: [0, 0] for t in scenes.TYPES}
         train_s = time.time() - t0
@@ -326,15 +480,23 @@ def train(ckpt: Path, steps: int, images: int, questions: int, lr: float, seed: 
         processor.save_pretrained(ckpt)
         shutil.copy(sp_model, ckpt / "tokenizer.model")
     return {"steps": steps, "images_per_step": images, "questions_per_image": questions, "lr": lr, "seed": seed,
-            "parameters": n_params, "train_seconds": round(train_s, 1), "final_loss": ema}
+            "vision_lr_scale": args.vision_lr_scale, "qformer_lr_scale": args.qformer_lr_scale,
+            "parameters": n_params, "stage1": stage1, "stage2_seconds": round(train_s, 1),
+            "train_seconds": round(train_s + sum(r["seconds"] for r in stage1.values()), 1), "final_loss": ema}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--images", type=int, default=24, help="scenes per step")
     ap.add_argument("--questions", type=int, default=4, help="questions per scene")
     ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--vision-steps", type=int, default=1500, help="stage 1a (ViT, dense) steps; 0 skips it")
+    ap.add_argument("--query-steps", type=int, default=1500, help="stage 1b (ViT + Q-Former, slots) steps; 0 skips it")
+    ap.add_argument("--stage1-images", type=int, default=32, help="scenes per stage 1 step")
+    ap.add_argument("--stage1-lr", type=float, default=1e-3)
+    ap.add_argument("--vision-lr-scale", type=float, default=0.1, help="the ViT's stage 2 lr, as a fraction of --lr")
+    ap.add_argument("--qformer-lr-scale", type=float, default=0.3, help="the Q-Former's stage 2 lr, likewise")
     ap.add_argument("--seed", type=int, default=PRESET["seed"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ckpt", type=Path, default=HERE / "out" / "demo-hf", help="where the HF checkpoint goes")
@@ -353,7 +515,7 @@ def main() -> int:
     if args.eval_only:
         ckpt = args.eval_only
     else:
-        report["training"] = train(ckpt, args.steps, args.images, args.questions, args.lr, args.seed)
+        report["training"] = train(ckpt, args)
     cases = heldout_cases(args.per_type)
     t0 = time.time()
     acc, evaluated = evaluate(ckpt, cases, goldens=4)
