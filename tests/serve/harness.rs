@@ -308,6 +308,20 @@ impl Daemon {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until the daemon's log holds `needle` at least `count` times
+    /// (failing past `within`), for steps a test must not race past.
+    pub fn wait_log(&self, needle: &str, count: usize, within: Duration) {
+        let t0 = Instant::now();
+        while self.log_text().matches(needle).count() < count {
+            assert!(
+                t0.elapsed() < within,
+                "{needle:?} not logged {count} times in {within:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Daemon {
