@@ -73,19 +73,21 @@ def test_stage1_targets_name_the_shapes_where_they_are():
     grid = 8
     for seed in range(200):
         scene = scenes.sample_scene(seed)
-        labels = train_demo.patch_labels(scene, grid)
+        labels, ranks = train_demo.patch_labels(scene, grid)
         slots = train_demo.slot_labels(scene, 3)
-        assert len(labels) == grid * grid and len(slots) == 3
+        assert len(labels) == len(ranks) == grid * grid and len(slots) == 3
         # Slots: the shapes left to right, then "none".
         assert [s for s in slots if s] == [
             1 + scenes.SHAPES.index(s.kind) * len(scenes.COLORS) + scenes.COLORS.index(s.color)
             for s in scene.shapes
         ]
         assert slots[len(scene.shapes):] == [0] * (3 - len(scene.shapes))
-        for s in scene.shapes:  # each shape's class sits in the patch holding its centre
+        # Each shape's class and rank from the left sit in the patch holding its centre.
+        for rank, s in enumerate(sorted(scene.shapes, key=lambda s: s.cx), start=1):
             row, col = int(s.cy * grid), int(s.cx / scenes.ASPECT * grid)
-            assert labels[row * grid + col] in slots
-        assert sum(1 for v in labels if v) <= len(scene.shapes)
+            assert labels[row * grid + col] == slots[rank - 1]
+            assert ranks[row * grid + col] == rank
+        assert sum(1 for v in labels if v) == sum(1 for v in ranks if v) == len(scene.shapes)
 
 
 def test_training_script_runs_end_to_end(tmp_path):
