@@ -21,10 +21,12 @@ same accuracy within a small margin.
 Steps:
   1. tokenizers and model config (models/make_tiny.py helpers), fresh weights;
   2. stage 1, seeing (see `pretrain`): the ViT learns to name the shape centred
-     in each patch, then the ViT and Q-Former learn to name the shapes left
-     to right in the first query outputs; both heads are thrown away;
+     in each patch, its rank from the left and the patch's own place, then the
+     ViT and Q-Former learn to name the shapes left to right in the first
+     query outputs; all these heads are thrown away;
   3. stage 2, answering: AdamW on freshly drawn scenes, each step renders B
-     scenes at a random camera resolution and asks K questions about each;
+     scenes at a random camera resolution and asks K questions about each
+     ("which is further left" twice as often as the rest);
      the loss is the answer tokens' (and EOS's) cross-entropy, the image and
      prompt are context only; the ViT and Q-Former move slower;
   4. evaluation with transformers' own `generate` on held-out scenes (seeds
