@@ -429,25 +429,16 @@ fn doctor(d: DoctorArgs) -> Result<()> {
 }
 
 fn sampler_params(a: &AskArgs, temperature: f32) -> Result<SamplerParams> {
-    if !(temperature > 0.0 && temperature.is_finite()) {
-        bail!("--temperature must be > 0 (omit it for greedy decoding)");
-    }
-    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
-        bail!("--top-p must be in (0, 1]");
-    }
-    if a.top_k < 0 {
-        bail!("--top-k must be >= 0");
-    }
-    if !(a.repeat_penalty > 0.0 && a.repeat_penalty.is_finite()) {
-        bail!("--repeat-penalty must be > 0");
-    }
-    Ok(SamplerParams {
+    let p = SamplerParams {
         temperature,
         top_k: a.top_k,
         top_p: a.top_p,
         repeat_penalty: a.repeat_penalty,
         seed: a.seed,
-    })
+    };
+    p.validate()
+        .map_err(|e| anyhow::anyhow!("--{}", e.replace('_', "-")))?;
+    Ok(p)
 }
 
 fn quantize(q: QuantizeArgs) -> Result<()> {

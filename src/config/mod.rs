@@ -6,6 +6,7 @@
 //! must say what to fix. `systemd/blipd.toml` is the commented example.
 
 use crate::camera::{CameraConfig, SourceConfig};
+use crate::mqtt::topic;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -282,6 +283,13 @@ pub struct MqttConfig {
     pub session_expiry_secs: u32,
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
+    /// Topic trees a request may name as its reply topic (MQTT 5 response
+    /// topic or the JSON `response_topic`). Absent: any topic outside
+    /// blipd's tree (`<topic_prefix>/...`) and Home Assistant's
+    /// (`<homeassistant.prefix>/...`), plus this device's answer tree. The
+    /// request topic and this device's own state topics are never allowed.
+    #[serde(default)]
+    pub reply_topics: Option<Vec<String>>,
 }
 
 fn default_embedded_listen() -> String {
@@ -313,6 +321,7 @@ impl Default for MqttConfig {
             share_group: None,
             session_expiry_secs: default_session_expiry(),
             keep_alive_secs: default_keep_alive(),
+            reply_topics: None,
         }
     }
 }
@@ -333,6 +342,14 @@ pub struct Limits {
     /// How many answered request ids are remembered to drop redeliveries.
     #[serde(default = "default_remember")]
     pub remember_answered: usize,
+    /// Longest request `id` in bytes (ids are echoed, remembered and become
+    /// part of a topic).
+    #[serde(default = "default_max_id")]
+    pub max_id_bytes: usize,
+}
+
+fn default_max_id() -> usize {
+    256
 }
 
 fn default_queue() -> usize {
@@ -359,6 +376,7 @@ impl Default for Limits {
             max_prompt_chars: default_max_prompt(),
             max_tokens: default_max_tokens(),
             remember_answered: default_remember(),
+            max_id_bytes: default_max_id(),
         }
     }
 }
@@ -424,12 +442,11 @@ impl Config {
         }
         check_topic_level(&m.topic_prefix).map_err(|e| invalid("mqtt.topic_prefix", e))?;
         if let Some(t) = &m.ask_topic {
-            if t.is_empty() || t.contains(['+', '#']) {
-                return Err(invalid(
-                    "mqtt.ask_topic",
-                    format!("{t:?} must be a topic name without wildcards"),
-                ));
-            }
+            topic::check_name(t).map_err(|e| invalid("mqtt.ask_topic", format!("{t:?}: {e}")))?;
+        }
+        for (i, t) in m.reply_topics.iter().flatten().enumerate() {
+            topic::check_name(t)
+                .map_err(|e| invalid(&format!("mqtt.reply_topics[{i}]"), format!("{t:?}: {e}")))?;
         }
         if let Some(g) = &m.share_group {
             check_topic_level(g).map_err(|e| invalid("mqtt.share_group", e))?;
@@ -449,6 +466,7 @@ impl Config {
             ("limits.max_payload_bytes", l.max_payload_bytes),
             ("limits.max_prompt_chars", l.max_prompt_chars),
             ("limits.max_tokens", l.max_tokens),
+            ("limits.max_id_bytes", l.max_id_bytes),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1".into()));
@@ -596,14 +614,9 @@ impl Config {
     }
 }
 
-/// A topic level: no separators or wildcards, not empty.
+/// A topic level: what `mqtt::topic` accepts as one.
 fn check_topic_level(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.contains(['/', '+', '#', '\0']) {
-        return Err(format!(
-            "{s:?} must be a non-empty MQTT topic level (no '/', '+', '#')"
-        ));
-    }
-    Ok(())
+    topic::check_level(s).map_err(|e| format!("{s:?} must be one MQTT topic level: {e}"))
 }
 
 /// A parsed `mqtt://` / `mqtts://` URL.

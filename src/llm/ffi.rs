@@ -384,6 +384,31 @@ pub struct SamplerParams {
     pub seed: u32,
 }
 
+impl SamplerParams {
+    /// The one check of sampling values, for the CLI and for requests.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = self.temperature;
+        if !(t > 0.0 && t.is_finite() && t <= 10.0) {
+            return Err(format!(
+                "temperature must be in (0, 10] (omit it for greedy decoding), got {t}"
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if self.top_k < 0 {
+            return Err(format!("top_k must be >= 0, got {}", self.top_k));
+        }
+        if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
+            return Err(format!(
+                "repeat_penalty must be > 0, got {}",
+                self.repeat_penalty
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A llama.cpp sampler chain.
 pub struct Sampler {
     ptr: NonNull<sys::llama_sampler>,

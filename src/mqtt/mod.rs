@@ -1,9 +1,9 @@
-//! MQTT: the wire format ([`wire`]), the topic layout ([`Topics`]) and the
-//! daemon's session ([`session`]): one task owns the rumqttc event loop and
-//! polls it, turning publishes into jobs and worker results into publishes.
+//! MQTT, the protocol: the wire format ([`wire`]), topic names and the one
+//! topic-level encoder ([`topic`], [`Topics`]), client options, and the
+//! client-side `ask` command. The daemon that speaks it lives in `serve/`.
 
 pub mod ask;
-pub mod session;
+pub mod topic;
 pub mod wire;
 
 use crate::config::{BrokerUrl, MqttConfig};
@@ -93,19 +93,12 @@ impl Topics {
 
     /// JPEG of the frame a request was answered about.
     pub fn snapshot(&self, id: &str) -> String {
-        format!("{}/snapshot/{}", self.base, level(id))
+        format!("{}/snapshot/{}", self.base, topic::level(id))
     }
 
     pub fn answer(&self, id: &str) -> String {
-        format!("{}/{}", self.answer_prefix, level(id))
+        format!("{}/{}", self.answer_prefix, topic::level(id))
     }
-}
-
-/// An id as a single topic level.
-fn level(id: &str) -> String {
-    id.chars()
-        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
-        .collect()
 }
 
 /// Largest packet the daemon accepts from the broker. Requests bigger than
@@ -182,11 +175,12 @@ mod tests {
         assert_eq!(t.ask, "blipd/garage/ask");
         assert_eq!(t.subscribe, "blipd/garage/ask");
         assert_eq!(t.status, "blipd/garage/status");
-        assert_eq!(t.answer("q/1#"), "blipd/garage/answer/q_1_");
+        assert_eq!(t.answer("q/1#"), "blipd/garage/answer/q%2F1%23");
+        assert_eq!(t.answer("\u{1}"), "blipd/garage/answer/%01");
         assert_eq!(t.watch("door"), "blipd/garage/watch/door");
         assert_eq!(t.watch_name("blipd/garage/watch/door"), Some("door"));
         assert_eq!(t.watch_name("blipd/garage/watch/door/event"), None);
-        assert_eq!(t.snapshot("a/b"), "blipd/garage/snapshot/a_b");
+        assert_eq!(t.snapshot("a/b"), "blipd/garage/snapshot/a%2Fb");
         assert_eq!(t.stats, "blipd/garage/stats");
         cfg.share_group = Some("fleet".into());
         cfg.ask_topic = Some("blipd/fleet/ask".into());

@@ -55,12 +55,25 @@ pub struct Request {
     pub response_topic: Option<String>,
 }
 
+/// Why a watch runs now (reported in its state message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// First run after start or reload, so the retained state is current.
+    Start,
+    Schedule,
+    Change,
+}
+
 /// Error codes of [`ErrorReply`]; stable strings clients can match on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The payload is not a valid request (malformed JSON, wrong field types).
     BadRequest,
+    /// The request named a reply topic that is malformed or not allowed
+    /// (`mqtt.reply_topics`); this error goes to the default answer topic.
+    BadResponseTopic,
     EmptyPrompt,
     PromptTooLong,
     /// A limit of the configuration was exceeded (payload size, max_tokens, sampling values).
@@ -163,7 +176,7 @@ pub struct WatchState {
     /// Whether `answer` matches the watch's `only_if` (absent without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched: Option<bool>,
-    pub trigger: crate::serve::worker::Trigger,
+    pub trigger: Trigger,
     /// When this run finished.
     pub time: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -199,7 +212,7 @@ pub struct WatchEvent {
     pub previous: Option<String>,
     pub time: String,
     pub frame_time: String,
-    pub trigger: crate::serve::worker::Trigger,
+    pub trigger: Trigger,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotInfo>,
 }

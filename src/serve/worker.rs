@@ -6,6 +6,7 @@
 use crate::camera::{CameraError, Frame};
 use crate::config::SnapshotConfig;
 use crate::llm::{GenerateParams, TextStream};
+pub use crate::mqtt::wire::Trigger;
 use crate::mqtt::wire::{self, AnswerReply, ErrorCode, ErrorReply, Timings};
 use crate::pipeline::FrameFeatures;
 use crate::serve::cameras::Cameras;
@@ -23,16 +24,6 @@ use tokio::sync::mpsc::UnboundedSender;
 pub struct ReplyTo {
     pub topic: String,
     pub correlation: Option<Vec<u8>>,
-}
-
-/// Why a watch runs now (reported in its state message).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    /// First run after start or reload, so the retained state is current.
-    Start,
-    Schedule,
-    Change,
 }
 
 /// Who gets the result of a job.

@@ -255,7 +255,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_blipd"))
             .args([
                 "--log",
-                "info,blipd::mqtt::session=debug,rumqttd=warn",
+                "info,blipd::serve::session=debug,rumqttd=warn",
                 "serve",
                 "--config",
             ])

@@ -5,6 +5,7 @@
 
 mod appliance;
 mod harness;
+mod hostile;
 
 use harness::*;
 use std::collections::BTreeMap;

@@ -12,13 +12,14 @@
 //! retransmissions after a reconnect reuse a pkid we already track and are
 //! recognised as such.
 
-use super::wire::{self, ErrorCode, ErrorReply, SnapshotInfo};
-use super::Topics;
 use crate::config::{Config, SnapshotConfig};
-use crate::llm::{GenerateParams, SamplerParams};
+use crate::llm::GenerateParams;
+use crate::mqtt::wire::{self, ErrorCode, ErrorReply, SnapshotInfo};
+use crate::mqtt::Topics;
 use crate::serve::cameras::Cameras;
 use crate::serve::dedupe::{Dedupe, Seen, StoredReply};
 use crate::serve::homeassistant::Discovery;
+use crate::serve::intake;
 use crate::serve::stats::Stats;
 use crate::serve::watch::Watches;
 use crate::serve::worker::{Job, Origin, PushError, Queue, ReplyTo, Snapshot, WorkerEvent};
@@ -26,7 +27,6 @@ use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -78,8 +78,8 @@ pub struct Session {
     cfg: SessionConfig,
     queue: Option<Queue>,
     dedupe: Dedupe,
-    /// Latest delivery of each request in progress, acked when answered.
-    in_progress: HashMap<String, Option<Publish>>,
+    /// Every delivery of each request in progress, acked when answered.
+    in_progress: HashMap<String, Vec<Publish>>,
     /// Answers handed to rumqttc and not yet acknowledged by the broker, with
     /// redeliveries of their requests that arrived meanwhile (acked together).
     answers_in_flight: HashMap<String, Vec<Publish>>,
@@ -594,9 +594,7 @@ impl Session {
             requests.extend(self.answers_in_flight.remove(key).unwrap_or_default());
         }
         for p in &requests {
-            if let Err(e) = self.client.try_ack(p) {
-                tracing::warn!(error = ?e, "cannot acknowledge request");
-            }
+            self.ack(p);
         }
     }
 
@@ -730,7 +728,7 @@ impl Session {
                 result,
                 snapshot,
             } => {
-                let request = self.in_progress.remove(&key).flatten();
+                let requests = self.in_progress.remove(&key).unwrap_or_default();
                 let mut result = result;
                 match &mut result {
                     Ok(answer) => {
@@ -763,7 +761,7 @@ impl Session {
                 };
                 // Write-ahead: the reply is on record before it can reach anyone.
                 self.dedupe.answered(&key, stored.clone());
-                self.publish_answer(key, stored, request.into_iter().collect());
+                self.publish_answer(key, stored, requests);
             }
         }
     }
@@ -777,59 +775,76 @@ impl Session {
         format!("auto-{ms}-{}", self.auto_id)
     }
 
-    /// Intake: validate, deduplicate, enqueue or reply with an error.
+    /// Intake: validate, deduplicate, enqueue or reply with an error (the
+    /// rules are in [`intake`]). Every delivery is acknowledged exactly once,
+    /// after its reply is out.
     fn on_request(&mut self, p: Publish) {
         let props = p.properties.clone().unwrap_or_default();
-        let v5_reply = props
-            .response_topic
-            .clone()
-            .filter(|t| valid_reply_topic(t));
+        let v5_reply = props.response_topic.clone();
         let correlation = props.correlation_data.clone().map(|b| b.to_vec());
+        let max_payload = self.cfg.config.limits.max_payload_bytes;
 
-        // Error replies before an id is known go to the answer topic of a
-        // generated id (or the v5 response topic).
-        if p.payload.len() > self.cfg.config.limits.max_payload_bytes {
+        // Error replies before an id is known go under a generated id.
+        if p.payload.len() > max_payload {
             let id = self.next_id();
-            let reply = self.reply_to(v5_reply, None, correlation, &id);
             let msg = format!(
                 "payload of {} bytes exceeds limits.max_payload_bytes = {}",
                 p.payload.len(),
-                self.cfg.config.limits.max_payload_bytes
+                max_payload
             );
+            let reply = match self.reply_or_refuse(v5_reply.as_deref(), None, correlation, &id) {
+                Ok(r) | Err((r, _)) => r,
+            };
             self.refuse(p, &reply, &id, None, ErrorCode::LimitExceeded, msg);
             return;
         }
         let req = match wire::parse_request(&p.payload) {
             Ok(r) => r,
             Err(e) => {
-                let id = e.id.clone().unwrap_or_else(|| self.next_id());
-                let reply = self.reply_to(v5_reply, None, correlation, &id);
+                let readable =
+                    e.id.filter(|i| intake::check_id(&self.cfg.config, i).is_ok());
+                let id = match readable {
+                    Some(id) => id,
+                    None => self.next_id(),
+                };
+                let reply = match self.reply_or_refuse(v5_reply.as_deref(), None, correlation, &id)
+                {
+                    Ok(r) | Err((r, _)) => r,
+                };
                 self.refuse(p, &reply, &id, None, e.code, e.message);
                 return;
             }
         };
-
-        let key = match &req.id {
-            Some(id) => format!("id:{id}"),
-            None => {
-                let mut h = Sha256::new();
-                h.update(&p.payload);
-                h.update(correlation.as_deref().unwrap_or_default());
-                h.update(v5_reply.as_deref().unwrap_or_default());
-                let hex: String = h.finalize()[..12]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                format!("h:{hex}")
+        let id = req.id.clone().unwrap_or_else(|| self.next_id());
+        let reply = match self.reply_or_refuse(
+            v5_reply.as_deref(),
+            req.response_topic.as_deref(),
+            correlation,
+            &id,
+        ) {
+            Ok(r) => r,
+            Err((r, (code, msg))) => {
+                self.refuse(p, &r, &id, req.camera.clone(), code, msg);
+                return;
             }
         };
+        if let Err((code, msg)) = intake::check_id(&self.cfg.config, &id) {
+            // Too long to remember; the error goes under the (encoded) id.
+            self.refuse(p, &reply, &id, req.camera.clone(), code, msg);
+            return;
+        }
+
+        let key = intake::dedupe_key(&reply, req.id.as_deref(), &p.payload);
         let seen = self.dedupe.check(&key);
         let key = match (seen, req.id.is_some(), p.dup) {
             (Seen::InProgress, _, _) if req.id.is_some() || p.dup => {
-                // A redelivery of a request we are answering: ack this
-                // delivery when the answer is out.
-                tracing::debug!(key, "redelivered request already in progress");
-                self.in_progress.insert(key, Some(p));
+                // A redelivery (or repeat) of a request we are answering:
+                // ack this delivery too when the answer is out.
+                tracing::debug!(
+                    key,
+                    "request already in progress; acking it with its answer"
+                );
+                self.in_progress.entry(key).or_default().push(p);
                 return;
             }
             (Seen::Answered { delivered }, has_id, dup) if has_id || dup => {
@@ -841,9 +856,7 @@ impl Session {
                         key,
                         "request already answered; acknowledging the redelivery"
                     );
-                    if let Err(e) = self.client.try_ack(&p) {
-                        tracing::warn!(error = ?e, "cannot acknowledge request");
-                    }
+                    self.ack(&p);
                 } else if let Some(stored) = self.dedupe.reply(&key).cloned() {
                     // Answered before a crash, not confirmed by the broker:
                     // publish the same reply again rather than a new answer.
@@ -852,6 +865,8 @@ impl Session {
                         "republishing the stored answer of a redelivered request"
                     );
                     self.publish_answer(key, stored, vec![p]);
+                } else {
+                    self.ack(&p);
                 }
                 return;
             }
@@ -863,34 +878,20 @@ impl Session {
             _ => key,
         };
 
-        let id = req.id.clone().unwrap_or_else(|| self.next_id());
         let camera = req
             .camera
             .clone()
             .unwrap_or_else(|| self.cfg.config.default_camera().to_string());
-        let reply = self.reply_to(v5_reply, req.response_topic.clone(), correlation, &id);
-        if let Err((code, msg)) = self.validate(&req, &camera) {
+        let names = self.cfg.cameras.names();
+        if let Err((code, msg)) = intake::validate(&self.cfg.config, &names, &req, &camera) {
             self.refuse(p, &reply, &id, Some(camera), code, msg);
             return;
-        }
-        let mut params = self.cfg.default_params;
-        if let Some(n) = req.max_tokens {
-            params.max_new_tokens = n;
-        }
-        if let Some(t) = req.temperature {
-            params.sampling = Some(SamplerParams {
-                temperature: t,
-                top_k: req.top_k.unwrap_or(0),
-                top_p: req.top_p.unwrap_or(1.0),
-                repeat_penalty: 1.0,
-                seed: req.seed.unwrap_or(0),
-            });
         }
         let job = Job {
             id: id.clone(),
             camera: camera.clone(),
+            params: intake::params(&req, self.cfg.default_params),
             prompt: req.prompt,
-            params,
             snapshot: req.snapshot,
             origin: Origin::Request {
                 key: key.clone(),
@@ -908,7 +909,7 @@ impl Session {
                 tracing::debug!(id, camera, "request queued");
                 self.stats.accepted();
                 self.dedupe.start(&key);
-                self.in_progress.insert(key, Some(p));
+                self.in_progress.entry(key).or_default().push(p);
             }
             Err(PushError::Full) => {
                 let msg = format!(
@@ -931,80 +932,26 @@ impl Session {
         }
     }
 
-    fn validate(&self, req: &wire::Request, camera: &str) -> Result<(), (ErrorCode, String)> {
-        let l = &self.cfg.config.limits;
-        if req.prompt.trim().is_empty() {
-            return Err((ErrorCode::EmptyPrompt, "the prompt is empty".into()));
-        }
-        let chars = req.prompt.chars().count();
-        if chars > l.max_prompt_chars {
-            return Err((
-                ErrorCode::PromptTooLong,
-                format!(
-                    "the prompt has {chars} characters; limits.max_prompt_chars is {}",
-                    l.max_prompt_chars
-                ),
-            ));
-        }
-        if let Some(n) = req.max_tokens {
-            if n == 0 || n > l.max_tokens {
-                return Err((
-                    ErrorCode::LimitExceeded,
-                    format!(
-                        "max_tokens must be 1..={} (limits.max_tokens), got {n}",
-                        l.max_tokens
-                    ),
-                ));
-            }
-        }
-        if let Some(t) = req.temperature {
-            if !(t > 0.0 && t.is_finite() && t <= 10.0) {
-                return Err((
-                    ErrorCode::LimitExceeded,
-                    format!("temperature must be in (0, 10], got {t}"),
-                ));
-            }
-        }
-        if let Some(p) = req.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err((
-                    ErrorCode::LimitExceeded,
-                    format!("top_p must be in (0, 1], got {p}"),
-                ));
-            }
-        }
-        if let Some(k) = req.top_k {
-            if k < 0 {
-                return Err((
-                    ErrorCode::LimitExceeded,
-                    format!("top_k must be >= 0, got {k}"),
-                ));
-            }
-        }
-        let names = self.cfg.cameras.names();
-        if !names.contains(camera) {
-            let known: Vec<_> = names.iter().map(String::as_str).collect();
-            return Err((
-                ErrorCode::UnknownCamera,
-                format!("no camera named {camera:?} (cameras: {})", known.join(", ")),
-            ));
-        }
-        Ok(())
-    }
-
-    fn reply_to(
+    fn reply_or_refuse(
         &self,
-        v5: Option<String>,
-        json: Option<String>,
+        v5: Option<&str>,
+        json: Option<&str>,
         correlation: Option<Vec<u8>>,
         id: &str,
-    ) -> ReplyTo {
-        match v5.or(json.filter(|t| valid_reply_topic(t))) {
-            Some(topic) => ReplyTo { topic, correlation },
-            None => ReplyTo {
-                topic: self.cfg.topics.answer(id),
-                correlation,
-            },
+    ) -> Result<ReplyTo, (ReplyTo, intake::Refusal)> {
+        intake::reply_target(
+            &self.cfg.config,
+            &self.cfg.topics,
+            v5,
+            json,
+            correlation,
+            id,
+        )
+    }
+
+    fn ack(&self, p: &Publish) {
+        if let Err(e) = self.client.try_ack(p) {
+            tracing::warn!(error = ?e, "cannot acknowledge request");
         }
     }
 
@@ -1030,11 +977,6 @@ impl Session {
             },
         );
     }
-}
-
-/// A topic we may publish to: not empty, no wildcards, not a `$` system topic.
-fn valid_reply_topic(t: &str) -> bool {
-    !t.is_empty() && !t.contains(['+', '#', '\0']) && !t.starts_with('$')
 }
 
 /// Discovery for the running config, when enabled.
