@@ -346,6 +346,14 @@ pub struct Limits {
     /// part of a topic).
     #[serde(default = "default_max_id")]
     pub max_id_bytes: usize,
+    /// Largest image (width x height) decoded from a camera or a file,
+    /// checked from its header before any pixel is allocated.
+    #[serde(default = "default_max_image_pixels")]
+    pub max_image_pixels: u64,
+}
+
+fn default_max_image_pixels() -> u64 {
+    crate::preprocess::DEFAULT_MAX_PIXELS
 }
 
 fn default_max_id() -> usize {
@@ -377,6 +385,7 @@ impl Default for Limits {
             max_tokens: default_max_tokens(),
             remember_answered: default_remember(),
             max_id_bytes: default_max_id(),
+            max_image_pixels: default_max_image_pixels(),
         }
     }
 }
@@ -467,6 +476,7 @@ impl Config {
             ("limits.max_prompt_chars", l.max_prompt_chars),
             ("limits.max_tokens", l.max_tokens),
             ("limits.max_id_bytes", l.max_id_bytes),
+            ("limits.max_image_pixels", l.max_image_pixels as usize),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1".into()));

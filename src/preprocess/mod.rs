@@ -29,6 +29,42 @@ pub enum PreprocessError {
     },
     #[error("unsupported resample filter {0:?} in bundle manifest (supported: bicubic, bilinear)")]
     UnsupportedFilter(String),
+    #[error("image {path} is {width}x{height}: over limits.max_image_pixels = {max_pixels}")]
+    TooLarge {
+        path: String,
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
+}
+
+/// Largest image (width x height) any decoder here will allocate for; checked
+/// from the header, before decoding, because a few-KB file may declare
+/// 65535x65535 (12 GiB of RGB), which would abort the process. One limit for
+/// the whole process (cameras decode on their own threads), set at start
+/// from `limits.max_image_pixels`.
+static MAX_PIXELS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_MAX_PIXELS);
+
+/// 40 megapixels (e.g. 7680x5200): above any camera frame, 120 MB as RGB.
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+
+/// Sets the pixel limit of every later decode.
+pub fn set_max_pixels(n: u64) {
+    MAX_PIXELS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+fn check_size(name: &str, width: u32, height: u32) -> Result<(), PreprocessError> {
+    let max_pixels = MAX_PIXELS.load(std::sync::atomic::Ordering::Relaxed);
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(PreprocessError::TooLarge {
+            path: name.to_string(),
+            width,
+            height,
+            max_pixels,
+        });
+    }
+    Ok(())
 }
 
 /// Reads and decodes an image file into 8-bit RGB like the reference.
@@ -52,6 +88,7 @@ fn decode_named(bytes: &[u8], name: &str) -> Result<RgbImage, PreprocessError> {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         use turbojpeg::Colorspace;
         let header = turbojpeg::read_header(bytes).map_err(|e| jpeg_err(name, e))?;
+        check_size(name, header.width as u32, header.height as u32)?;
         // TurboJPEG cannot turn CMYK/YCCK into RGB; those (rare, never from a
         // camera) go to the generic decoder below.
         if matches!(
@@ -64,10 +101,24 @@ fn decode_named(bytes: &[u8], name: &str) -> Result<RgbImage, PreprocessError> {
                 .map_err(|e| jpeg_err(name, e));
         }
     }
-    let img = image::load_from_memory(bytes).map_err(|source| PreprocessError::Read {
+    let read = |source| PreprocessError::Read {
         path: name.to_string(),
         source,
-    })?;
+    };
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| read(image::ImageError::IoError(e)))
+    };
+    let (width, height) = reader()?.into_dimensions().map_err(read)?;
+    check_size(name, width, height)?;
+    let mut limits = image::Limits::default();
+    // The decoded image (up to 16 bytes a pixel) and the decoder's buffers.
+    limits.max_alloc =
+        Some(MAX_PIXELS.load(std::sync::atomic::Ordering::Relaxed) * 16 + (64 << 20));
+    let mut r = reader()?;
+    r.limits(limits);
+    let img = r.decode().map_err(read)?;
     Ok(to_rgb(img))
 }
 
@@ -182,5 +233,32 @@ impl Preprocessor {
         let mut out = Vec::new();
         self.run_into(img, &mut out)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/images")
+            .join(name)
+    }
+
+    #[test]
+    fn images_declaring_huge_sizes_are_refused_before_decoding() {
+        // A few hundred bytes each, declaring 65000x65000 (12 GiB of RGB).
+        for name in ["bomb.jpg", "bomb.png"] {
+            match load_rgb(&fixture(name)) {
+                Err(PreprocessError::TooLarge { width, height, .. }) => {
+                    assert_eq!((width, height), (65000, 65000), "{name}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        // Real pictures are under the default limit.
+        assert!(load_rgb(&fixture("porch.jpg")).is_ok());
+        assert!(load_rgb(&fixture("garage.png")).is_ok());
     }
 }

@@ -12,7 +12,12 @@
 //!   never produces a second, different answer, and never loses one.
 //!
 //! The table lives in memory and in an append-only file in the state
-//! directory (JSON lines), compacted when it grows past twice its capacity.
+//! directory (JSON lines), compacted when it grows past four times its
+//! capacity. Power-loss safe: every appended line is fsynced before the
+//! reply it records is published; a compaction writes a new file, fsyncs
+//! it, renames it over the old one and fsyncs the directory; at load a line
+//! cut short by a crash (even inside a multi-byte character) is skipped,
+//! never the lines before it.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -57,6 +62,8 @@ pub struct Dedupe {
     order: VecDeque<String>,
     capacity: usize,
     file: Option<PathBuf>,
+    /// The file, open for appending (None until the first append or after an error).
+    appender: Option<std::fs::File>,
     lines: usize,
 }
 
@@ -71,6 +78,7 @@ impl Dedupe {
             order: VecDeque::new(),
             capacity: capacity.max(1),
             file: None,
+            appender: None,
             lines: 0,
         };
         if let Some(dir) = state_dir {
@@ -79,24 +87,45 @@ impl Dedupe {
                 return d;
             }
             let path = dir.join(FILE_NAME);
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                for line in text.lines() {
-                    match serde_json::from_str::<Line>(line) {
-                        Ok(Line::Answered { k, r }) => d.insert(k, r, false),
-                        Ok(Line::Delivered { k }) => {
-                            if let Some(e) = d.answered.get_mut(&k) {
-                                e.delivered = true;
-                            }
-                        }
-                        // A line cut short by a crash: skip it.
-                        Err(_) => {}
-                    }
+            match std::fs::read(&path) {
+                Ok(bytes) => d.load(&bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    // Never compact over a file we could not read.
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read the answered-requests file; answered ids are kept in memory only");
+                    return d;
                 }
             }
             d.file = Some(path);
             d.compact();
         }
         d
+    }
+
+    /// Replays the file's lines; unreadable ones (cut short by a crash or a
+    /// power loss, not UTF-8, not JSON) are skipped one by one.
+    fn load(&mut self, bytes: &[u8]) {
+        let mut skipped = 0;
+        for line in bytes.split(|&b| b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Line>(line) {
+                Ok(Line::Answered { k, r }) => self.insert(k, r, false),
+                Ok(Line::Delivered { k }) => {
+                    if let Some(e) = self.answered.get_mut(&k) {
+                        e.delivered = true;
+                    }
+                }
+                Err(_) => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            tracing::info!(
+                skipped,
+                "skipped unreadable lines of the answered-requests file (cut by a crash)"
+            );
+        }
     }
 
     pub fn check(&self, key: &str) -> Seen {
@@ -163,13 +192,27 @@ impl Dedupe {
             return;
         };
         text.push('\n');
-        let res = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| f.write_all(text.as_bytes()));
-        if let Err(e) = res {
+        if self.appender.is_none() {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                Ok(f) => self.appender = Some(f),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot record answered request");
+                    return;
+                }
+            }
+        }
+        let res = self.appender.as_mut().map(|f| {
+            f.write_all(text.as_bytes())
+                // On disk before the reply it records can reach anyone.
+                .and_then(|()| f.sync_data())
+        });
+        if let Some(Err(e)) = res {
             tracing::warn!(file = %path.display(), error = %e, "cannot record answered request");
+            self.appender = None;
         }
         self.lines += 1;
         if self.lines > 4 * self.capacity {
@@ -178,7 +221,9 @@ impl Dedupe {
     }
 
     fn compact(&mut self) {
-        let Some(path) = &self.file else { return };
+        let Some(path) = self.file.clone() else {
+            return;
+        };
         let mut text = String::new();
         let mut lines = 0;
         for k in &self.order {
@@ -199,12 +244,28 @@ impl Dedupe {
                 }
             }
         }
-        let tmp = path.with_extension("tmp");
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
+        self.appender = None;
+        if let Err(e) = replace_file(&path, text.as_bytes()) {
             tracing::warn!(file = %path.display(), error = %e, "cannot rewrite the answered-requests file");
         }
         self.lines = lines;
     }
+}
+
+/// Atomically replaces `path` with `bytes`, durable across a power loss:
+/// write a temporary file, fsync it, rename it over `path`, fsync the directory.
+fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -262,5 +323,46 @@ mod tests {
         assert_eq!(d.check("x"), Seen::New);
         let lines = std::fs::read_to_string(&path).unwrap();
         assert!(lines.lines().count() <= 6, "compacted at load");
+    }
+
+    #[test]
+    fn a_file_cut_inside_a_character_keeps_every_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let mut d = Dedupe::new(10, Some(dir.path().to_path_buf()));
+            d.answered("a", reply("réponse à a"));
+            d.delivered("a");
+            d.answered("b", reply("ответ на b"));
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Cut the last line inside the two-byte 'т' (0xD1 0x82).
+        let cut = bytes.windows(2).rposition(|w| w == [0xd1, 0x82]).unwrap() + 1;
+        bytes.truncate(cut);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(
+            std::str::from_utf8(&bytes).is_err(),
+            "the file is no longer UTF-8"
+        );
+        let d = Dedupe::new(10, Some(dir.path().to_path_buf()));
+        assert_eq!(d.check("a"), Seen::Answered { delivered: true });
+        assert_eq!(d.reply("a").unwrap(), &reply("réponse à a"));
+        assert_eq!(d.check("b"), Seen::New, "the cut line is dropped, alone");
+        // Compacted at load: the file is whole again and keeps "a".
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        let d = Dedupe::new(10, Some(dir.path().to_path_buf()));
+        assert_eq!(d.check("a"), Seen::Answered { delivered: true });
+    }
+
+    #[test]
+    fn an_unreadable_file_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: reading fails (not NotFound).
+        std::fs::create_dir(dir.path().join(FILE_NAME)).unwrap();
+        let mut d = Dedupe::new(10, Some(dir.path().to_path_buf()));
+        d.answered("a", reply("A"));
+        assert_eq!(d.check("a"), Seen::Answered { delivered: false });
+        assert!(dir.path().join(FILE_NAME).is_dir());
     }
 }

@@ -47,6 +47,16 @@ pub fn serve(
     on_ready: impl FnMut() + Send,
 ) -> Result<(), ServeError> {
     let systemd = systemd::Systemd::from_env();
+    // The runtime and the SIGHUP handler come first: SIGHUP's default
+    // action ends the process, and `systemctl reload` during the model
+    // load (tens of seconds on a large bundle) must not kill the daemon.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let hup = rt
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) });
+    crate::preprocess::set_max_pixels(cfg.limits.max_image_pixels);
     let device_id = cfg.device_id();
     let mut mqtt_cfg = cfg.mqtt.clone();
     let _broker = if mqtt_cfg.url.is_none() {
@@ -136,17 +146,13 @@ pub fn serve(
         "serving"
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
     let mut on_ready = on_ready;
     let mut ready_sent = false;
     rt.block_on(async move {
         let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, 1024);
         let session = Session::new(client, session_cfg, queue, dedupe);
         let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(hangups(reload_tx));
+        tokio::spawn(hangups(hup, reload_tx));
         session
             .run(eventloop, ev_rx, shutdown_signal(), reload_rx, || {
                 if !ready_sent {
@@ -211,11 +217,16 @@ fn info(
 }
 
 /// Forwards SIGHUP to the session as reload requests.
-async fn hangups(tx: tokio::sync::mpsc::UnboundedSender<()>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot install a SIGHUP handler; config reload is off");
-        return;
+async fn hangups(
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    let mut hup = match hup {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install a SIGHUP handler; config reload is off");
+            return;
+        }
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the config");

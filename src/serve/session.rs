@@ -88,6 +88,8 @@ pub struct Session {
     awaiting: HashMap<u16, OnAck>,
     auto_id: u64,
     ever_connected: bool,
+    /// Between a CONNACK and the next connection error.
+    connected: bool,
     ready_sent: bool,
     outage_logged: bool,
     watches: Watches,
@@ -122,6 +124,7 @@ impl Session {
             awaiting: HashMap::new(),
             auto_id: 0,
             ever_connected: false,
+            connected: false,
             ready_sent: false,
             outage_logged: false,
         };
@@ -140,6 +143,13 @@ impl Session {
         mut on_connected: impl FnMut(),
     ) -> Ended {
         let mut backoff = Duration::from_millis(250);
+        // While the broker is away the loop waits out the backoff here, as
+        // one more branch of the select: signals, reloads and worker results
+        // are still handled at once (a sleep inside a branch would hold
+        // SIGTERM for up to 30 s).
+        let retry = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(retry);
+        let mut waiting = false;
         tokio::pin!(shutdown);
         // Feed the watchdog at half its period (a long idle tick without one).
         let tick = self
@@ -160,7 +170,8 @@ impl Session {
                 }
                 _ = timers.tick() => self.timers(),
                 Some(()) = reload.recv() => self.reload(),
-                ev = eventloop.poll() => match ev {
+                () = &mut retry, if waiting => waiting = false,
+                ev = eventloop.poll(), if !waiting => match ev {
                     Ok(ev) => {
                         backoff = Duration::from_millis(250);
                         if self.handle_event(ev) {
@@ -168,18 +179,9 @@ impl Session {
                         }
                     }
                     Err(e) => {
-                        if !self.outage_logged {
-                            self.cfg.systemd.status(&format!("MQTT broker unreachable ({e}); retrying"));
-                            if self.ever_connected {
-                                tracing::warn!(error = %e, "MQTT connection lost; reconnecting with backoff");
-                            } else {
-                                tracing::warn!(error = %e, "cannot connect to the MQTT broker; retrying with backoff");
-                            }
-                            self.outage_logged = true;
-                        } else {
-                            tracing::debug!(error = %e, "MQTT reconnect failed");
-                        }
-                        tokio::time::sleep(backoff).await;
+                        self.connection_failed(&e);
+                        retry.as_mut().reset(tokio::time::Instant::now() + backoff);
+                        waiting = true;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                 },
@@ -190,6 +192,23 @@ impl Session {
         }
         self.drain(eventloop, events).await;
         Ended::Shutdown
+    }
+
+    fn connection_failed(&mut self, e: &rumqttc::v5::ConnectionError) {
+        self.connected = false;
+        if !self.outage_logged {
+            self.cfg
+                .systemd
+                .status(&format!("MQTT broker unreachable ({e}); retrying"));
+            if self.ever_connected {
+                tracing::warn!(error = %e, "MQTT connection lost; reconnecting with backoff");
+            } else {
+                tracing::warn!(error = %e, "cannot connect to the MQTT broker; retrying with backoff");
+            }
+            self.outage_logged = true;
+        } else {
+            tracing::debug!(error = %e, "MQTT reconnect failed");
+        }
     }
 
     async fn drain(
@@ -203,17 +222,25 @@ impl Session {
         self.queue = None;
         let deadline = Instant::now() + self.cfg.shutdown_grace;
         loop {
-            let pending = !self.in_progress.is_empty()
-                || !self.outbox.is_empty()
-                || !self.awaiting.is_empty();
+            // Answers the worker still owes, and publishes the broker has not
+            // confirmed. While the broker is away only the first are worth
+            // waiting for: they are stored (write-ahead) and republished when
+            // the broker redelivers their requests after the restart.
+            let owed = !self.in_progress.is_empty();
+            let unconfirmed = !self.outbox.is_empty() || !self.awaiting.is_empty();
+            let pending = owed || (self.connected && unconfirmed);
             if !pending || Instant::now() >= deadline {
                 break;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::select! {
-                ev = eventloop.poll() => {
-                    if let Ok(ev) = ev { self.handle_event(ev); } else {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                ev = eventloop.poll(), if self.connected || owed => {
+                    match ev {
+                        Ok(ev) => { self.handle_event(ev); }
+                        Err(e) => {
+                            self.connection_failed(&e);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                 }
                 Some(ev) = events.recv() => self.handle_worker(ev),
@@ -249,6 +276,7 @@ impl Session {
         match ev {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 self.ever_connected = true;
+                self.connected = true;
                 if self.outage_logged {
                     tracing::info!(session_present = ack.session_present, "MQTT reconnected");
                 } else {

@@ -260,7 +260,19 @@ impl Worker {
             let span = tracing::info_span!("job", id = %job.id, camera = %job.camera);
             let _g = span.enter();
             self.liveness.progress();
-            let (result, snapshot) = match self.answer(&job) {
+            // A panic in one job (a bug, or a model failure llama.cpp or
+            // tract reports by panicking) must not leave every later request
+            // unanswered: it becomes this job's `internal` error.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                fault::inject(&job.prompt);
+                self.answer(&job)
+            }))
+            .unwrap_or_else(|panic| {
+                let what = panic_message(&*panic);
+                tracing::error!(panic = %what, "the job panicked; answering internal and serving on");
+                Err((ErrorCode::Internal, format!("internal error: {what}")))
+            });
+            let (result, snapshot) = match outcome {
                 Ok((answer, frame)) => {
                     let snapshot = job.snapshot.then(|| self.encode(&frame)).flatten();
                     (Ok(answer), snapshot)
@@ -409,6 +421,30 @@ impl Worker {
             snapshot: None,
         };
         Ok((reply, frame))
+    }
+}
+
+/// The text of a caught panic.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// Test-only fault injection: with `BLIPD_TEST_PANIC_ON_PROMPT` set in the
+/// environment, a job whose prompt equals it panics inside the worker, so
+/// the test suite can prove a panicking job is answered and the daemon
+/// serves on. Nothing a client sends can set it.
+mod fault {
+    use std::sync::OnceLock;
+
+    pub fn inject(prompt: &str) {
+        static TRIGGER: OnceLock<Option<String>> = OnceLock::new();
+        let trigger = TRIGGER.get_or_init(|| std::env::var("BLIPD_TEST_PANIC_ON_PROMPT").ok());
+        if trigger.as_deref() == Some(prompt) {
+            panic!("injected by BLIPD_TEST_PANIC_ON_PROMPT");
+        }
     }
 }
 

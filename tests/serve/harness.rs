@@ -247,6 +247,29 @@ impl Daemon {
     }
 
     pub fn spawn_as(&mut self, status_port: u16, device: &str, credentials: Option<(&str, &str)>) {
+        self.launch(&[]);
+        wait_online(status_port, device, credentials, Duration::from_secs(30));
+    }
+
+    /// A daemon with extra environment (e.g. test-only fault injection),
+    /// not yet waited for.
+    pub fn launch_with(config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blipd.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = dir.path().join("blipd.log");
+        let mut d = Self {
+            child: None,
+            config: path,
+            log,
+            _dir: dir,
+        };
+        d.launch(env);
+        d
+    }
+
+    /// Starts the process without waiting for it to come online.
+    pub fn launch(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -260,12 +283,12 @@ impl Daemon {
                 "--config",
             ])
             .arg(&self.config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         self.child = Some(child);
-        wait_online(status_port, device, credentials, Duration::from_secs(30));
     }
 
     pub fn kill9(&mut self) {

@@ -142,3 +142,28 @@ fn reply_topics_into_blipd_or_home_assistant_are_refused() {
         .expect("retained status");
     assert_eq!(m.payload, b"online");
 }
+
+#[test]
+fn a_picture_declaring_a_huge_size_is_refused_and_the_daemon_serves_on() {
+    let bomb = fixture("images/bomb.jpg");
+    let extra = format!(
+        "[[camera]]\nname = \"bomb\"\ntype = \"file\"\npath = \"{}\"\nfps = 10\n",
+        bomb.display()
+    );
+    let (_broker, d, c) = serving("bomb", &extra);
+    c.publish(
+        "blipd/bomb/ask",
+        format!(r#"{{"id":"b","camera":"bomb","prompt":"{GARAGE_PROMPT}"}}"#),
+    );
+    c.publish(
+        "blipd/bomb/ask",
+        format!(r#"{{"id":"g","camera":"garage","prompt":"{GARAGE_PROMPT}"}}"#),
+    );
+    let msgs = c.collect_until(Duration::from_secs(20), |m| replies_by_id(m).len() >= 2);
+    let by_id = replies_by_id(&msgs);
+    assert_eq!(by_id["b"][0]["error"]["code"], "camera_unavailable");
+    let msg = by_id["b"][0]["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("max_image_pixels"), "{msg}");
+    assert_eq!(by_id["g"][0]["answer"], golden_garage().0.as_str());
+    assert_eq!(reconnects(&d), 0);
+}

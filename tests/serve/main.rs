@@ -6,6 +6,7 @@
 mod appliance;
 mod harness;
 mod hostile;
+mod resilience;
 
 use harness::*;
 use std::collections::BTreeMap;
