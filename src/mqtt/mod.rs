@@ -3,6 +3,7 @@
 //! client-side `ask` command. The daemon that speaks it lives in `serve/`.
 
 pub mod ask;
+pub mod ledger;
 pub mod topic;
 pub mod wire;
 

@@ -14,6 +14,7 @@
 
 use crate::config::{Config, SnapshotConfig};
 use crate::llm::GenerateParams;
+use crate::mqtt::ledger::{puback_outcome, Ledger, Outcome};
 use crate::mqtt::wire::{self, ErrorCode, ErrorReply, SnapshotInfo};
 use crate::mqtt::Topics;
 use crate::serve::cameras::Cameras;
@@ -33,13 +34,26 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+/// A request as the broker delivered it, in the broker session it came in:
+/// its packet id means something only in that session.
+#[derive(Debug)]
+struct Delivery {
+    publish: Publish,
+    session: u64,
+}
+
 /// What to do when the broker acknowledges one of our publishes.
 #[derive(Debug, Default)]
 struct OnAck {
     /// Requests to acknowledge now that their reply is safe.
-    requests: Vec<Publish>,
+    requests: Vec<Delivery>,
     /// Dedupe key to mark answered.
     answered: Option<String>,
+    /// For a reply: the reply itself (published again if a lost broker
+    /// session dropped it) and, when it went to a client-named topic, the
+    /// default answer topic and id for an error if the broker refuses it.
+    reply: Option<StoredReply>,
+    fallback: Option<(String, String)>,
 }
 
 struct OutMsg {
@@ -79,19 +93,22 @@ pub struct Session {
     queue: Option<Queue>,
     dedupe: Dedupe,
     /// Every delivery of each request in progress, acked when answered.
-    in_progress: HashMap<String, Vec<Publish>>,
+    in_progress: HashMap<String, Vec<Delivery>>,
     /// Answers handed to rumqttc and not yet acknowledged by the broker, with
     /// redeliveries of their requests that arrived meanwhile (acked together).
-    answers_in_flight: HashMap<String, Vec<Publish>>,
+    answers_in_flight: HashMap<String, Vec<Delivery>>,
     outbox: VecDeque<OutMsg>,
-    fifo: VecDeque<OnAck>,
-    awaiting: HashMap<u16, OnAck>,
+    ledger: Ledger<OnAck>,
+    /// Topics the broker refused a publish on (each logged once).
+    refused_topics: BTreeSet<String>,
     auto_id: u64,
     ever_connected: bool,
     /// Between a CONNACK and the next connection error.
     connected: bool,
     ready_sent: bool,
     outage_logged: bool,
+    /// When to subscribe again after the broker refused the request subscription.
+    subscribe_retry: Option<Instant>,
     watches: Watches,
     discovery: Option<Discovery>,
     stats: Stats,
@@ -120,13 +137,14 @@ impl Session {
             in_progress: HashMap::new(),
             answers_in_flight: HashMap::new(),
             outbox: VecDeque::new(),
-            fifo: VecDeque::new(),
-            awaiting: HashMap::new(),
+            ledger: Ledger::default(),
+            refused_topics: BTreeSet::new(),
             auto_id: 0,
             ever_connected: false,
             connected: false,
             ready_sent: false,
             outage_logged: false,
+            subscribe_retry: None,
         };
         s.serving_status_update();
         s
@@ -196,6 +214,7 @@ impl Session {
 
     fn connection_failed(&mut self, e: &rumqttc::v5::ConnectionError) {
         self.connected = false;
+        self.ledger.connection_lost();
         if !self.outage_logged {
             self.cfg
                 .systemd
@@ -227,7 +246,7 @@ impl Session {
             // waiting for: they are stored (write-ahead) and republished when
             // the broker redelivers their requests after the restart.
             let owed = !self.in_progress.is_empty();
-            let unconfirmed = !self.outbox.is_empty() || !self.awaiting.is_empty();
+            let unconfirmed = !self.outbox.is_empty() || self.ledger.unconfirmed() > 0;
             let pending = owed || (self.connected && unconfirmed);
             if !pending || Instant::now() >= deadline {
                 break;
@@ -283,18 +302,42 @@ impl Session {
                     tracing::info!(session_present = ack.session_present, "MQTT connected");
                 }
                 self.outage_logged = false;
+                let dropped = self.ledger.connected(ack.session_present);
                 if !ack.session_present {
-                    // Publishes in flight were dropped with the old session;
-                    // their requests went with it (the broker forgot them).
-                    self.awaiting.clear();
-                    self.fifo.clear();
-                    self.answers_in_flight.clear();
+                    self.session_lost(dropped);
                 }
                 self.subscribe();
                 false
             }
-            Event::Incoming(Packet::SubAck(_)) => {
+            Event::Incoming(Packet::SubAck(ack)) => {
                 // Online only once requests can actually reach us.
+                if let Some(refusal) = ack.return_codes.first().filter(|c| {
+                    !matches!(
+                        c,
+                        rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                    )
+                }) {
+                    self.subscription_refused(&format!("{refusal:?}"));
+                    return false;
+                }
+                for (code, what) in ack
+                    .return_codes
+                    .iter()
+                    .zip([
+                        "watch states",
+                        "Home Assistant configs",
+                        "Home Assistant status",
+                    ])
+                    .skip(1)
+                {
+                    if !matches!(
+                        code,
+                        rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                    ) {
+                        tracing::warn!(subscription = what, reason = ?code, "the broker refused a subscription");
+                    }
+                }
+                self.subscribe_retry = None;
                 self.announce();
                 let status = self.cfg.serving_status.clone();
                 if self.ready_sent {
@@ -312,21 +355,17 @@ impl Session {
                 false
             }
             Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(done) = self.awaiting.remove(&ack.pkid) {
-                    self.acked(done);
+                if let Some(done) = self.ledger.puback(ack.pkid) {
+                    match puback_outcome(ack.reason) {
+                        Outcome::Delivered => self.acked(done),
+                        Outcome::Refused => self.refused(done, ack.reason),
+                    }
                 }
                 false
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if pkid != 0 && self.awaiting.contains_key(&pkid) {
-                    return false; // retransmission of a publish we track
-                }
-                if let Some(on_ack) = self.fifo.pop_front() {
-                    if pkid == 0 {
-                        self.acked(on_ack);
-                    } else {
-                        self.awaiting.insert(pkid, on_ack);
-                    }
+                if let Some(done) = self.ledger.outgoing(pkid) {
+                    self.acked(done);
                 }
                 false
             }
@@ -449,6 +488,10 @@ impl Session {
     /// Every 200 ms: queue the watches that are due, publish stats when due.
     fn timers(&mut self) {
         let now = Instant::now();
+        if self.connected && self.subscribe_retry.is_some_and(|t| now >= t) {
+            self.subscribe_retry = None;
+            self.subscribe();
+        }
         let connected = self.ever_connected && !self.outage_logged;
         if connected {
             if let Some(queue) = &self.queue {
@@ -615,6 +658,107 @@ impl Session {
         info
     }
 
+    /// The broker had no session for us: it forgot the requests it had
+    /// delivered (their acks are void) and rumqttc dropped our unconfirmed
+    /// publishes. Replies among them are published again: their requests
+    /// will not be redelivered, so this is the only way they arrive.
+    fn session_lost(&mut self, dropped: Vec<OnAck>) {
+        let mut again = 0;
+        for d in dropped {
+            if let Some(reply) = d.reply {
+                again += 1;
+                self.push(
+                    reply.topic.clone(),
+                    reply.payload.clone().into_bytes(),
+                    false,
+                    reply.correlation.clone(),
+                    OnAck {
+                        requests: Vec::new(),
+                        answered: d.answered,
+                        reply: Some(reply),
+                        fallback: d.fallback,
+                    },
+                );
+            }
+        }
+        tracing::warn!(
+            replies_republished = again,
+            in_progress = self.in_progress.len(),
+            "the broker kept no session for blipd (restarted without persistence, or the session expired): requests it had delivered are forgotten; their replies are still published"
+        );
+    }
+
+    /// The broker refused the request subscription (an ACL, say): no
+    /// request can reach us, so we are not online. Retried every 30 s, as
+    /// the broker's configuration may be fixed while we run.
+    fn subscription_refused(&mut self, reason: &str) {
+        let topic = self.cfg.topics.subscribe.clone();
+        tracing::error!(
+            topic,
+            reason,
+            "the broker refused the request subscription; not online; retrying in 30 s"
+        );
+        self.cfg.systemd.status(&format!(
+            "the broker refused the subscription to {topic} ({reason}); retrying"
+        ));
+        self.subscribe_retry = Some(Instant::now() + Duration::from_secs(30));
+    }
+
+    /// The broker refused one of our publishes (PUBACK reason >= 0x80).
+    fn refused(&mut self, done: OnAck, reason: rumqttc::v5::mqttbytes::v5::PubAckReason) {
+        let topic = done.reply.as_ref().map(|r| r.topic.clone());
+        self.stats.reply_refused();
+        match (done.fallback, topic) {
+            (Some((fallback, id)), Some(topic)) => {
+                // Tell the client on the default answer topic instead; its
+                // requests are acked with that error.
+                tracing::warn!(
+                    topic,
+                    ?reason,
+                    id,
+                    "the broker refused a reply; sending the error to the default answer topic"
+                );
+                let e = ErrorReply::new(
+                    id,
+                    ErrorCode::BadResponseTopic,
+                    format!(
+                        "the broker refused the reply on {:?} ({reason:?})",
+                        intake::shorten(&topic)
+                    ),
+                );
+                let to = ReplyTo {
+                    topic: fallback,
+                    correlation: done.reply.and_then(|r| r.correlation),
+                };
+                self.reply_json(
+                    &to,
+                    &e,
+                    OnAck {
+                        requests: done.requests,
+                        answered: done.answered,
+                        ..Default::default()
+                    },
+                );
+            }
+            (_, topic) => {
+                let topic = topic.unwrap_or_else(|| "(not a reply)".into());
+                if self.refused_topics.insert(topic.clone()) {
+                    tracing::warn!(
+                        topic,
+                        ?reason,
+                        "the broker refused a publish (logged once per topic)"
+                    );
+                }
+                // Retrying gets the same answer: settle it as done.
+                self.acked(OnAck {
+                    requests: done.requests,
+                    answered: done.answered,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
     fn acked(&mut self, done: OnAck) {
         let mut requests = done.requests;
         if let Some(key) = &done.answered {
@@ -628,18 +772,33 @@ impl Session {
 
     /// Publishes an answer (or a stored one again) for `key`, acking
     /// `requests` once the broker has it.
-    fn publish_answer(&mut self, key: String, reply: StoredReply, requests: Vec<Publish>) {
+    fn publish_answer(
+        &mut self,
+        key: String,
+        reply: StoredReply,
+        requests: Vec<Delivery>,
+        id: &str,
+    ) {
         self.answers_in_flight.entry(key.clone()).or_default();
+        let fallback = self.fallback(&reply.topic, id);
         self.push(
-            reply.topic,
-            reply.payload.into_bytes(),
+            reply.topic.clone(),
+            reply.payload.clone().into_bytes(),
             false,
-            reply.correlation,
+            reply.correlation.clone(),
             OnAck {
                 requests,
                 answered: Some(key),
+                reply: Some(reply),
+                fallback,
             },
         );
+    }
+
+    /// Where an error goes if the broker refuses a reply on `topic`.
+    fn fallback(&self, topic: &str, id: &str) -> Option<(String, String)> {
+        let default = self.cfg.topics.answer(id);
+        (topic != default).then(|| (default, id.to_string()))
     }
 
     fn push(
@@ -687,7 +846,7 @@ impl Session {
                 break; // channel full; retried after the next event
             }
             if let Some(m) = self.outbox.pop_front() {
-                self.fifo.push_back(m.on_ack);
+                self.ledger.handed(m.on_ack);
             }
         }
     }
@@ -768,6 +927,10 @@ impl Session {
                     }
                     Err(e) => self.stats.error(e.error.code),
                 }
+                let id = match &result {
+                    Ok(a) => a.id.clone(),
+                    Err(e) => e.id.clone(),
+                };
                 let payload = match &result {
                     Ok(answer) => {
                         tracing::debug!(id = %answer.id, tokens = answer.tokens, total_ms = answer.timings.stages.total_ms as u64, "answered");
@@ -789,7 +952,7 @@ impl Session {
                 };
                 // Write-ahead: the reply is on record before it can reach anyone.
                 self.dedupe.answered(&key, stored.clone());
-                self.publish_answer(key, stored, requests);
+                self.publish_answer(key, stored, requests, &id);
             }
         }
     }
@@ -872,19 +1035,21 @@ impl Session {
                     key,
                     "request already in progress; acking it with its answer"
                 );
-                self.in_progress.entry(key).or_default().push(p);
+                let d = self.delivery(p);
+                self.in_progress.entry(key).or_default().push(d);
                 return;
             }
             (Seen::Answered { delivered }, has_id, dup) if has_id || dup => {
+                let d = self.delivery(p);
                 if let Some(waiting) = self.answers_in_flight.get_mut(&key) {
                     // Its answer is on the way: ack with it.
-                    waiting.push(p);
+                    waiting.push(d);
                 } else if delivered {
                     tracing::info!(
                         key,
                         "request already answered; acknowledging the redelivery"
                     );
-                    self.ack(&p);
+                    self.ack(&d);
                 } else if let Some(stored) = self.dedupe.reply(&key).cloned() {
                     // Answered before a crash, not confirmed by the broker:
                     // publish the same reply again rather than a new answer.
@@ -892,9 +1057,9 @@ impl Session {
                         key,
                         "republishing the stored answer of a redelivered request"
                     );
-                    self.publish_answer(key, stored, vec![p]);
+                    self.publish_answer(key, stored, vec![d], &id);
                 } else {
-                    self.ack(&p);
+                    self.ack(&d);
                 }
                 return;
             }
@@ -937,7 +1102,8 @@ impl Session {
                 tracing::debug!(id, camera, "request queued");
                 self.stats.accepted();
                 self.dedupe.start(&key);
-                self.in_progress.entry(key).or_default().push(p);
+                let d = self.delivery(p);
+                self.in_progress.entry(key).or_default().push(d);
             }
             Err(PushError::Full) => {
                 let msg = format!(
@@ -977,8 +1143,14 @@ impl Session {
         )
     }
 
-    fn ack(&self, p: &Publish) {
-        if let Err(e) = self.client.try_ack(p) {
+    /// Acknowledges a delivery, unless it came in an older broker session
+    /// (its packet id would now acknowledge some other message).
+    fn ack(&self, d: &Delivery) {
+        if d.session != self.ledger.session() {
+            tracing::debug!("not acking a request of a lost broker session");
+            return;
+        }
+        if let Err(e) = self.client.try_ack(&d.publish) {
             tracing::warn!(error = ?e, "cannot acknowledge request");
         }
     }
@@ -996,14 +1168,39 @@ impl Session {
         self.stats.error(code);
         let mut e = ErrorReply::new(id, code, message);
         e.camera = camera;
-        self.reply_json(
-            reply,
-            &e,
-            OnAck {
-                requests: vec![p],
-                answered: None,
-            },
+        let payload = match serde_json::to_string(&e) {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot serialise reply");
+                return;
+            }
+        };
+        let stored = StoredReply {
+            topic: reply.topic.clone(),
+            correlation: reply.correlation.clone(),
+            payload,
+        };
+        let on_ack = OnAck {
+            requests: vec![self.delivery(p)],
+            answered: None,
+            fallback: self.fallback(&stored.topic, id),
+            reply: Some(stored.clone()),
+        };
+        self.push(
+            stored.topic,
+            stored.payload.into_bytes(),
+            false,
+            stored.correlation,
+            on_ack,
         );
+    }
+
+    /// A request delivered in the current broker session.
+    fn delivery(&self, publish: Publish) -> Delivery {
+        Delivery {
+            publish,
+            session: self.ledger.session(),
+        }
     }
 }
 

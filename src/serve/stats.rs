@@ -20,6 +20,8 @@ pub struct Stats {
     errors: BTreeMap<String, u64>,
     watch_runs: u64,
     watch_errors: u64,
+    /// Publishes the broker refused (PUBACK reason >= 0x80).
+    refused_by_broker: u64,
     recent: VecDeque<Timings>,
     /// Worker time since the last report, for the busy fraction.
     busy_ms: f64,
@@ -60,6 +62,11 @@ impl Stats {
             last_report: Some(Instant::now()),
             ..Default::default()
         }
+    }
+
+    /// The broker refused one of our publishes (an ACL, a quota).
+    pub fn reply_refused(&mut self) {
+        self.refused_by_broker += 1;
     }
 
     /// A request was accepted into the queue.
@@ -127,6 +134,7 @@ impl Stats {
             "requests": self.requests,
             "answered": self.answered,
             "errors": self.errors,
+            "refused_by_broker": self.refused_by_broker,
             "watch_runs": self.watch_runs,
             "watch_errors": self.watch_errors,
             "queue": {"requests": queue.0, "watches": queue.1},

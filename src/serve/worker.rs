@@ -432,18 +432,31 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
-/// Test-only fault injection: with `BLIPD_TEST_PANIC_ON_PROMPT` set in the
-/// environment, a job whose prompt equals it panics inside the worker, so
-/// the test suite can prove a panicking job is answered and the daemon
-/// serves on. Nothing a client sends can set it.
+/// Test-only fault injection, through the environment (nothing a client
+/// sends can set it): a job whose prompt equals `BLIPD_TEST_PANIC_ON_PROMPT`
+/// panics inside the worker, one whose prompt equals
+/// `BLIPD_TEST_SLOW_PROMPT` takes 3 s more, so the test suite can prove a
+/// panicking job is answered and a broker lost mid-answer loses nothing.
 mod fault {
     use std::sync::OnceLock;
 
     pub fn inject(prompt: &str) {
-        static TRIGGER: OnceLock<Option<String>> = OnceLock::new();
-        let trigger = TRIGGER.get_or_init(|| std::env::var("BLIPD_TEST_PANIC_ON_PROMPT").ok());
-        if trigger.as_deref() == Some(prompt) {
+        static PANIC: OnceLock<Option<String>> = OnceLock::new();
+        static SLOW: OnceLock<Option<String>> = OnceLock::new();
+        let var = |name| std::env::var(name).ok();
+        if PANIC
+            .get_or_init(|| var("BLIPD_TEST_PANIC_ON_PROMPT"))
+            .as_deref()
+            == Some(prompt)
+        {
             panic!("injected by BLIPD_TEST_PANIC_ON_PROMPT");
+        }
+        if SLOW
+            .get_or_init(|| var("BLIPD_TEST_SLOW_PROMPT"))
+            .as_deref()
+            == Some(prompt)
+        {
+            std::thread::sleep(std::time::Duration::from_secs(3));
         }
     }
 }

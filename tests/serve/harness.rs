@@ -42,6 +42,7 @@ pub struct Mosquitto {
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra: String,
+    persistence: bool,
 }
 
 fn run(cmd: &mut Command) {
@@ -62,6 +63,41 @@ impl Mosquitto {
             dir,
             child: None,
             extra: String::new(),
+            persistence: true,
+        };
+        m.spawn();
+        m
+    }
+
+    /// A broker with an ACL file for anonymous clients (mosquitto's
+    /// `acl_file` syntax).
+    pub fn start_with_acl(acl: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let acl_path = dir.path().join("acl");
+        std::fs::write(&acl_path, acl).unwrap();
+        let mut m = Self {
+            port: free_port(),
+            tls_port: None,
+            extra: format!("allow_anonymous true\nacl_file {}\n", acl_path.display()),
+            dir,
+            child: None,
+            persistence: true,
+        };
+        m.spawn();
+        m
+    }
+
+    /// A broker that keeps nothing across a restart (no persistence): after
+    /// [`Mosquitto::restart`] every session is gone.
+    pub fn start_volatile() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Self {
+            port: free_port(),
+            tls_port: None,
+            dir,
+            child: None,
+            extra: String::new(),
+            persistence: false,
         };
         m.spawn();
         m
@@ -136,6 +172,7 @@ impl Mosquitto {
             dir,
             child: None,
             extra,
+            persistence: true,
         };
         m.spawn();
         m
@@ -150,9 +187,10 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "{}listener {} 127.0.0.1\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 10000\nlog_dest file {}/log\nuser {}\n",
+                "{}listener {} 127.0.0.1\npersistence {}\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 10000\nlog_dest file {}/log\nuser {}\n",
                 if self.extra.is_empty() { "allow_anonymous true\n".to_string() } else { self.extra.clone() },
                 self.port,
+                self.persistence,
                 self.dir.path().display(),
                 self.dir.path().display(),
                 // mosquitto started as root drops to user "mosquitto", which
