@@ -16,7 +16,9 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "blipd=debug,llama.cpp=info"
-    /// [default: "info,rumqttd=warn" for serve, "warn" otherwise].
+    /// [default: "info,rumqttd=off" for serve, "warn" otherwise; the embedded
+    /// broker logs every client's disconnect at ERROR: "info,rumqttd=info"
+    /// shows them].
     #[arg(long, global = true, env = "BLIPD_LOG")]
     log: Option<String>,
 }
@@ -183,7 +185,7 @@ struct QuantizeArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
-        Command::Serve(_) => "info,rumqttd=warn",
+        Command::Serve(_) => "info,rumqttd=off",
         // The doctor reports problems itself; camera retry warnings would repeat them.
         Command::Doctor(_) => "error",
         _ => "warn",

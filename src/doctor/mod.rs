@@ -16,7 +16,6 @@ use crate::camera::{Camera, CameraError, SourceConfig};
 use crate::config::{Config, ConfigError};
 use crate::mqtt::{MqttError, Topics};
 use serde::Serialize;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -697,57 +696,32 @@ fn broker_error(url: &str, e: &rumqttc::v5::ConnectionError) -> Check {
 }
 
 /// Without `mqtt.url`, `blipd serve` either uses a broker already on
-/// `embedded_listen` or binds it (MQTT 3.1.1) and the next port (MQTT 5):
-/// the same decision as `serve::broker::start_or_reuse`, without starting one.
+/// `embedded_listen` or starts its own there (MQTT 3.1.1 and 5 on the one
+/// port): the same decision as `serve::broker::start_or_reuse`, without
+/// starting one.
 fn embedded_broker_check(listen: &str) -> Check {
-    let fix_addr = "set mqtt.embedded_listen to a valid address such as \"127.0.0.1:1883\"";
-    let addr: SocketAddr = match listen.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            return Check::fail(
-                "broker",
-                format!("mqtt.embedded_listen {listen:?} resolves to nothing"),
-                fix_addr,
-            )
-        }
-        Err(e) => {
-            return Check::fail(
-                "broker",
-                format!("mqtt.embedded_listen {listen:?}: {e}"),
-                fix_addr,
-            )
-        }
-    };
-    if TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
-        return Check::ok(
+    match crate::serve::broker::plan(listen) {
+        Ok(crate::serve::broker::Plan::Reuse(addr)) => Check::ok(
             "broker",
             format!(
-                "no mqtt.url: a broker already listens on {addr}; blipd serve will use it \
-                 instead of starting the embedded one"
+                "no mqtt.url: something already listens on {addr}; blipd serve will use it \
+                 as the broker instead of starting the embedded one"
             ),
-        );
-    }
-    let v5 = SocketAddr::new(addr.ip(), addr.port().wrapping_add(1));
-    for a in [addr, v5] {
-        if let Err(e) = TcpListener::bind(a) {
-            return Check::fail(
-                "broker",
-                format!("no mqtt.url: the embedded broker cannot listen on {a}: {e}"),
-                format!(
-                    "stop what holds the port (`sudo ss -ltnp 'sport = :{}'` shows it) or set \
-                     mqtt.embedded_listen to a free address, or set mqtt.url to a broker",
-                    a.port()
-                ),
-            );
-        }
-    }
-    Check::ok(
-        "broker",
-        format!(
-            "no mqtt.url: blipd serve will start its embedded broker on {addr} (MQTT 3.1.1) \
-             and {v5} (MQTT 5); both ports are free"
         ),
-    )
+        Ok(crate::serve::broker::Plan::Start(addr, _)) => Check::ok(
+            "broker",
+            format!(
+                "no mqtt.url: blipd serve will start its embedded demo broker on {addr} \
+                 (MQTT 3.1.1 and 5, no authentication); the port is free"
+            ),
+        ),
+        Err(e) => Check::fail(
+            "broker",
+            format!("no mqtt.url: the embedded broker: {e}"),
+            "set mqtt.embedded_listen to a free address such as \"127.0.0.1:1883\", \
+             or set mqtt.url to a broker",
+        ),
+    }
 }
 
 // ---------------------------------------------------------------------------

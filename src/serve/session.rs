@@ -303,7 +303,8 @@ impl Session {
                 }
                 self.outage_logged = false;
                 let dropped = self.ledger.connected(ack.session_present);
-                if !ack.session_present {
+                // A first connection without a session is the normal start.
+                if !ack.session_present && self.ledger.session() > 1 {
                     self.session_lost(dropped);
                 }
                 self.subscribe();

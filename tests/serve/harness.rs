@@ -316,7 +316,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_blipd"))
             .args([
                 "--log",
-                "info,blipd::serve::session=debug,rumqttd=warn",
+                "info,blipd::serve::session=debug,rumqttd=off",
                 "serve",
                 "--config",
             ])

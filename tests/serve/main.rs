@@ -496,9 +496,8 @@ fn zero_config_embedded_broker_round_trip() {
     let cfg = format!(
         "device_id = \"zero\"\nthreads = 1\n[mqtt]\nembedded_listen = \"127.0.0.1:{port}\"\n"
     );
-    // The embedded broker takes `port` (MQTT 3.1.1) and `port + 1` (MQTT 5).
-    let v5_port = port + 1;
-    let _d = Daemon::start(&cfg, v5_port, "zero");
+    // MQTT 5 (the harness's client) and 3.1.1 (mosquitto_sub/pub) on one port.
+    let d = Daemon::start(&cfg, port, "zero");
     let sub = mosquitto_sub_v311(port, "blipd/zero/answer/z1", 1, 30);
     std::thread::sleep(Duration::from_millis(300));
     mosquitto_pub_v311(
@@ -514,6 +513,31 @@ fn zero_config_embedded_broker_round_trip() {
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["camera"], "test");
     assert_eq!(v["tokens"], 5);
+
+    // An MQTT 5 request with properties, answered with correlation data to
+    // an MQTT 5 response topic while a 3.1.1 client also subscribes to it:
+    // rumqttd used to panic that subscriber's connection.
+    let sub = mosquitto_sub_v311(port, "zero/replies", 2, 30);
+    std::thread::sleep(Duration::from_millis(300));
+    let c = Client::connect(port, "zero-v5", true);
+    c.subscribe("zero/replies");
+    c.publish_v5(
+        "blipd/zero/ask",
+        r#"{"id":"z2","prompt":"What do you see?","max_tokens":5}"#,
+        "zero/replies",
+        b"corr",
+    );
+    let got = c.collect_until(Duration::from_secs(20), |m| !replies_by_id(m).is_empty());
+    assert_eq!(got[0].correlation.as_deref(), Some(&b"corr"[..]));
+    mosquitto_pub_v311(port, "zero/replies", "still here");
+    let out = sub.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("\"z2\"") && text.contains("still here"),
+        "{text}"
+    );
+    // A healthy start and run logs no ERROR (the broker's probe included).
+    assert!(!d.log_text().contains("ERROR"), "{}", d.log_text());
 }
 
 #[test]
