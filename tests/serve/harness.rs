@@ -415,6 +415,10 @@ pub struct Msg {
 }
 
 impl Msg {
+    pub fn json_opt(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.payload).ok()
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
             panic!(
