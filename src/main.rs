@@ -111,6 +111,15 @@ struct AskArgs {
     /// Topic prefix of the daemon (with --mqtt).
     #[arg(long, default_value = "blipd", requires = "mqtt")]
     topic_prefix: String,
+    /// CA certificate (PEM) of an mqtts:// broker (with --mqtt).
+    #[arg(long, requires = "mqtt", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Broker user name (with --mqtt).
+    #[arg(long, requires = "mqtt", env = "BLIPD_MQTT_USERNAME")]
+    username: Option<String>,
+    /// File holding the broker password (with --mqtt); or BLIPD_MQTT_PASSWORD.
+    #[arg(long, requires = "mqtt", value_name = "FILE")]
+    password_file: Option<PathBuf>,
     /// Seconds to wait for the answer (with --mqtt).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -357,8 +366,17 @@ fn ask_remote(a: AskArgs) -> Result<()> {
         snapshot: a.snapshot.is_some(),
         response_topic: None,
     };
+    let broker = blipd::config::MqttConfig {
+        url: Some(url),
+        ca_file: a.ca_file.clone(),
+        username: a.username.clone(),
+        // From the environment rather than the command line, which `ps` shows.
+        password: std::env::var("BLIPD_MQTT_PASSWORD").ok(),
+        password_file: a.password_file.clone(),
+        ..Default::default()
+    };
     let remote = ask::RemoteAsk {
-        url,
+        broker,
         topic_prefix: a.topic_prefix.clone(),
         device_id,
         request,
@@ -398,7 +416,11 @@ fn serve(s: ServeArgs) -> Result<()> {
 }
 
 fn check_config(c: CheckConfigArgs) -> Result<()> {
-    let cfg = blipd::config::Config::load(&c.file)?;
+    let mut cfg = blipd::config::Config::load(&c.file)?;
+    // The effective config, without its secret.
+    if cfg.mqtt.password.is_some() {
+        cfg.mqtt.password = Some("<redacted>".into());
+    }
     println!("{}", toml::to_string_pretty(&cfg)?);
     eprintln!("{}: ok", c.file.display());
     Ok(())

@@ -258,6 +258,12 @@ pub struct MqttConfig {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// A file holding the password (trailing newline ignored), instead of
+    /// `password` in the config. A relative path is looked up in systemd's
+    /// `$CREDENTIALS_DIRECTORY` when set (`LoadCredential=mqtt-password:...`
+    /// with `password_file = "mqtt-password"`).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// PEM CA bundle for `mqtts://` (default: none = the URL must be mqtt://).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -313,6 +319,7 @@ impl Default for MqttConfig {
             client_id: None,
             username: None,
             password: None,
+            password_file: None,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -459,6 +466,12 @@ impl Config {
         }
         if let Some(g) = &m.share_group {
             check_topic_level(g).map_err(|e| invalid("mqtt.share_group", e))?;
+        }
+        if m.password.is_some() && m.password_file.is_some() {
+            return Err(invalid(
+                "mqtt.password_file",
+                "set mqtt.password or mqtt.password_file, not both".into(),
+            ));
         }
         if m.cert_file.is_some() != m.key_file.is_some() {
             return Err(invalid(

@@ -3,10 +3,10 @@
 //! (response topic + correlation data).
 
 use super::wire::{AnswerReply, ErrorReply, Request, StreamChunk};
-use crate::config::{BrokerUrl, MqttConfig};
+use crate::config::MqttConfig;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,9 @@ pub enum RemoteError {
 /// What to ask.
 #[derive(Debug, Clone)]
 pub struct RemoteAsk {
-    pub url: String,
+    /// The broker: `url`, and for `mqtts://` `ca_file` (and a client
+    /// certificate), `username` and `password`/`password_file`.
+    pub broker: MqttConfig,
     pub topic_prefix: String,
     pub device_id: String,
     pub request: Request,
@@ -37,12 +39,6 @@ pub async fn ask(
     r: RemoteAsk,
     mut on_chunk: impl FnMut(&str),
 ) -> Result<(AnswerReply, Option<Vec<u8>>), RemoteError> {
-    let url = BrokerUrl::parse(&r.url).map_err(RemoteError::Url)?;
-    if url.tls {
-        return Err(RemoteError::Url(
-            "client mode speaks plain mqtt:// only; use mosquitto_pub/sub for TLS brokers".into(),
-        ));
-    }
     let nonce = format!(
         "{}-{}",
         std::process::id(),
@@ -51,9 +47,8 @@ pub async fn ask(
             .unwrap_or_default()
             .as_nanos()
     );
-    let mut opts = MqttOptions::new(format!("blipd-ask-{nonce}"), url.host, url.port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(Some(super::MAX_INCOMING_PACKET));
+    let opts = super::connection(&r.broker, &format!("blipd-ask-{nonce}"))
+        .map_err(|e| RemoteError::Url(e.to_string()))?;
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let cfg = MqttConfig {
         topic_prefix: r.topic_prefix.clone(),

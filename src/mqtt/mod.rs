@@ -107,25 +107,19 @@ impl Topics {
 /// reply; without this headroom rumqttc would drop the connection instead.
 pub const MAX_INCOMING_PACKET: u32 = 1 << 20;
 
-/// Connection options: persistent session, manual acks, Last Will.
+/// The daemon's connection options: [`connection`], plus a persistent
+/// session, manual acks and the Last Will.
 pub fn options(
     cfg: &MqttConfig,
     client_id: &str,
     topics: &Topics,
 ) -> Result<MqttOptions, MqttError> {
-    let url = cfg
-        .url
-        .as_deref()
-        .ok_or_else(|| MqttError::Url("no broker URL".into()))?;
-    let url = BrokerUrl::parse(url).map_err(MqttError::Url)?;
-    let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
-    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs));
+    let mut o = connection(cfg, client_id)?;
     // Requests must survive a daemon restart: the broker keeps the session
     // and the unacknowledged requests under this client id.
     o.set_clean_start(false);
     o.set_session_expiry_interval(Some(cfg.session_expiry_secs));
     o.set_manual_acks(true);
-    o.set_max_packet_size(Some(MAX_INCOMING_PACKET));
     o.set_last_will(LastWill::new(
         topics.status.clone(),
         "offline",
@@ -133,10 +127,27 @@ pub fn options(
         true,
         None,
     ));
-    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-        o.set_credentials(u.clone(), p.clone());
-    } else if let Some(u) = &cfg.username {
-        o.set_credentials(u.clone(), "");
+    Ok(o)
+}
+
+/// Reaching the broker (URL, credentials, TLS), for the daemon and for
+/// `blipd ask --mqtt` alike.
+pub fn connection(cfg: &MqttConfig, client_id: &str) -> Result<MqttOptions, MqttError> {
+    let url = cfg
+        .url
+        .as_deref()
+        .ok_or_else(|| MqttError::Url("no broker URL".into()))?;
+    let url = BrokerUrl::parse(url).map_err(MqttError::Url)?;
+    let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
+    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs));
+    o.set_max_packet_size(Some(MAX_INCOMING_PACKET));
+    let password = match (&cfg.password, &cfg.password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => Some(read_secret(f)?),
+        (None, None) => None,
+    };
+    if let Some(u) = &cfg.username {
+        o.set_credentials(u.clone(), password.unwrap_or_default());
     }
     if url.tls {
         let read = |p: &std::path::Path| {
@@ -165,9 +176,36 @@ pub fn options(
     Ok(o)
 }
 
+/// Reads a secret file: a relative path is taken from systemd's
+/// `$CREDENTIALS_DIRECTORY` when set; one trailing newline is dropped.
+pub fn read_secret(path: &std::path::Path) -> Result<String, MqttError> {
+    let path = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if path.is_relative() => std::path::Path::new(&dir).join(path),
+        _ => path.to_path_buf(),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| MqttError::ReadFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        assert_eq!(read_secret(&f).unwrap(), "s3cret");
+        assert!(matches!(
+            read_secret(&dir.path().join("missing")),
+            Err(MqttError::ReadFile { .. })
+        ));
+    }
 
     #[test]
     fn topic_layout() {

@@ -593,6 +593,47 @@ fn mqtts_with_ca_and_password() {
         "answered over TLS with a password"
     );
 
+    // Client mode over TLS, the password from a file (as LoadCredential=
+    // gives it: a relative name in $CREDENTIALS_DIRECTORY).
+    let creds_dir = tempfile::tempdir().unwrap();
+    std::fs::write(creds_dir.path().join("mqtt-password"), "s3cret\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blipd"))
+        .args([
+            "ask",
+            "--mqtt",
+            &format!("mqtts://localhost:{tls_port}"),
+            "--device",
+            "tls",
+        ])
+        .arg("--ca-file")
+        .arg(broker.ca_file())
+        .args(["--username", "blipd", "--password-file", "mqtt-password"])
+        .args(["--max-tokens", "3", "--timeout", "30", "hi"])
+        .env("CREDENTIALS_DIRECTORY", creds_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // check-config never prints the password.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tls.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blipd"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !shown.contains("s3cret") && shown.contains("<redacted>"),
+        "{shown}"
+    );
+
     // A wrong password: the daemon keeps retrying and says why, without crashing.
     let bad = cfg.replace("s3cret", "wrong");
     let dir = tempfile::tempdir().unwrap();
