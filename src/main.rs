@@ -23,6 +23,8 @@ struct Cli {
     log: Option<String>,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Answer one instruction about an image file, or ask a running daemon (--mqtt).
