@@ -3,7 +3,7 @@
 //! (response topic + correlation data).
 
 use super::wire::{AnswerReply, ErrorReply, Request, StreamChunk};
-use crate::config::MqttConfig;
+use super::MqttConfig;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event};

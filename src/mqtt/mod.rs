@@ -4,10 +4,11 @@
 
 pub mod ask;
 pub mod ledger;
+pub mod options;
 pub mod topic;
 pub mod wire;
 
-use crate::config::{BrokerUrl, MqttConfig};
+pub use options::{BrokerUrl, MqttConfig};
 use rumqttc::v5::mqttbytes::v5::LastWill;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::MqttOptions;
