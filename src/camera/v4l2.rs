@@ -25,8 +25,9 @@ use v4l::video::capture::Parameters;
 use v4l::video::Capture;
 use v4l::{Device, Format, FourCC};
 
+use super::capture::{Shared, Source};
 use super::convert::{mjpeg_to_rgb, rgb24_to_rgb, yuyv_to_rgb};
-use super::{PixelFormat, Shared, Source};
+use super::PixelFormat;
 
 /// Buffers shared with the driver: enough that the camera never waits for
 /// us, few enough that a queued frame is at most a few periods old.
@@ -397,6 +398,64 @@ fn device_error(device: &Path, doing: &str, e: &io::Error) -> String {
             format!("video device {shown} disappeared while {doing} (camera unplugged?)")
         }
         _ => format!("video device {shown} failed while {doing}: {e}"),
+    }
+}
+
+/// What could be learned about a V4L2 device node without streaming.
+pub struct V4l2Probe {
+    /// Added to the camera's detail; `None` when the capture code's own
+    /// reason already says it (a missing node, permission denied).
+    pub detail: Option<String>,
+    pub fix: Option<String>,
+}
+
+/// For `blipd doctor`: opens the device node as the capture code does and lists its pixel
+/// formats: access problems are the common install mistake, and the format
+/// list is what a `format = ...` setting must pick from.
+pub fn probe(device: &Path) -> V4l2Probe {
+    let shown = device.display();
+    if !device.exists() {
+        return V4l2Probe {
+            detail: None,
+            fix: Some(
+                "plug the camera in (`ls /dev/video*` lists the device nodes) and set `device` \
+                 of the camera to its node"
+                    .into(),
+            ),
+        };
+    }
+    match Device::with_path(device) {
+        Ok(dev) => match dev.enum_formats() {
+            Ok(formats) => {
+                let list: Vec<String> = formats
+                    .iter()
+                    .map(|f| format!("{} ({})", f.fourcc, f.description))
+                    .collect();
+                V4l2Probe {
+                    detail: Some(format!(
+                        "{shown} is read/writable, formats: {}",
+                        list.join(", ")
+                    )),
+                    fix: None,
+                }
+            }
+            Err(e) => V4l2Probe {
+                detail: Some(format!("{shown} opens but cannot list its formats: {e}")),
+                fix: None,
+            },
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => V4l2Probe {
+            detail: None,
+            fix: Some(
+                "add the user to the `video` group: `sudo usermod -aG video $USER`, then log in \
+                 again (the systemd unit gets it through SupplementaryGroups=video)"
+                    .into(),
+            ),
+        },
+        Err(e) => V4l2Probe {
+            detail: Some(format!("cannot open {shown}: {e}")),
+            fix: None,
+        },
     }
 }
 

@@ -1,0 +1,113 @@
+//! The camera checks: every configured camera started as the daemon
+//! starts it, and V4L2 devices probed for access and formats.
+
+use super::*;
+use crate::camera::V4l2Probe;
+
+/// Starts every configured camera at once (so the wait is shared) and
+/// reports, per camera, the first frame or the reason there was none.
+pub(super) fn camera_checks(cfg: &Config) -> Vec<Check> {
+    let cameras: Vec<Camera> = cfg
+        .cameras
+        .iter()
+        .map(|c| Camera::spawn(c.clone()))
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    let mut results: Vec<Option<Result<(u32, u32), String>>> = vec![None; cameras.len()];
+    loop {
+        for (cam, result) in cameras.iter().zip(results.iter_mut()) {
+            if let Some(Ok(_)) = result {
+                continue;
+            }
+            *result = match cam.latest() {
+                Ok(frame) => Some(Ok(frame.image.dimensions())),
+                Err(CameraError::Unavailable { reason, .. }) => Some(Err(reason)),
+                Err(CameraError::NoFrameYet { .. }) => None,
+            };
+        }
+        let all_ok = results.iter().all(|r| matches!(r, Some(Ok(_))));
+        if all_ok || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Stop the capture threads before probing V4L2 devices again below.
+    drop(cameras);
+    cfg.cameras
+        .iter()
+        .zip(results)
+        .map(|(c, result)| {
+            let name = format!("camera {}", c.name);
+            let kind = c.source.kind();
+            let (where_, extra) = match &c.source {
+                SourceConfig::File { path, .. } | SourceConfig::Folder { path, .. } => {
+                    (format!(" {}", path.display()), None)
+                }
+                SourceConfig::V4l2 { device, .. } => (
+                    format!(" {}", device.display()),
+                    Some(crate::camera::probe_v4l2(device)),
+                ),
+                SourceConfig::TestPattern { .. } => (String::new(), None),
+            };
+            let probe_text = extra
+                .as_ref()
+                .and_then(|p| p.detail.as_ref())
+                .map(|d| format!("; {d}"))
+                .unwrap_or_default();
+            match result {
+                Some(Ok((w, h))) => {
+                    Check::ok(name, format!("{kind}{where_}: {w}x{h} frame{probe_text}"))
+                }
+                other => {
+                    let reason = match other {
+                        Some(Err(reason)) => reason,
+                        _ => format!("no frame within {} s", WAIT.as_secs()),
+                    };
+                    let fix = camera_fix(&c.name, &c.source, &reason, extra.as_ref());
+                    Check::fail(name, format!("{kind}{where_}: {reason}{probe_text}"), fix)
+                }
+            }
+        })
+        .collect()
+}
+
+/// What a user can do about a camera that gave no frame.
+fn camera_fix(
+    name: &str,
+    source: &SourceConfig,
+    reason: &str,
+    probe: Option<&V4l2Probe>,
+) -> String {
+    match source {
+        SourceConfig::File { .. } => format!(
+            "check `path` of [[camera]] {name:?}: it must be an existing, readable image file \
+             (png, jpeg, bmp, webp) that this user can read"
+        ),
+        SourceConfig::Folder { .. } => format!(
+            "check `path` of [[camera]] {name:?}: it must be a readable folder with at least \
+             one png, jpeg, bmp or webp image"
+        ),
+        SourceConfig::TestPattern { .. } => format!(
+            "check the settings of [[camera]] {name:?} (`blipd check-config` names bad keys)"
+        ),
+        SourceConfig::V4l2 { .. } => {
+            if let Some(fix) = probe.and_then(|p| p.fix.clone()) {
+                fix
+            } else if reason.contains("busy") {
+                "another program streams from the camera (a running blipd too: stop it \
+                 first); `fuser -v /dev/video*` shows which"
+                    .into()
+            } else if reason.contains("format") {
+                format!(
+                    "set `format` of [[camera]] {name:?} to one the device offers (mjpeg, yuyv \
+                     or rgb24), or remove it to let blipd choose"
+                )
+            } else {
+                format!(
+                    "check `device` of [[camera]] {name:?}: `v4l2-ctl --list-devices` shows \
+                     the capture nodes (some cameras expose metadata on a neighbouring node)"
+                )
+            }
+        }
+    }
+}
