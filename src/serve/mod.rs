@@ -17,7 +17,6 @@ pub mod worker;
 
 use crate::bundle::default_bundle_dir;
 use crate::config::Config;
-use crate::llm::LlmOptions;
 use crate::mqtt::{self, Topics};
 use crate::{Pipeline, PipelineError, PipelineOptions};
 use cameras::Cameras;
@@ -71,19 +70,14 @@ pub fn serve(
     let threads = cfg
         .threads
         .unwrap_or_else(|| crate::llm::default_threads() as usize);
-    let opts = PipelineOptions {
-        threads,
-        llm: LlmOptions {
-            threads: threads as i32,
-            n_ctx: cfg.n_ctx,
-            model: crate::llm::ffi::ModelParams {
-                gpu_layers: cfg.gpu_layers.min(i32::MAX as u32) as i32,
-                use_mmap: cfg.llm_mmap.unwrap_or(true),
-                repack: cfg.llm_repack.unwrap_or(true),
-            },
-        },
-        verify_checksums: true,
-    };
+    let opts = PipelineOptions::default()
+        .with_threads(threads)
+        .with_context(cfg.n_ctx)
+        .with_llm_model(crate::llm::ffi::ModelParams {
+            gpu_layers: cfg.gpu_layers.min(i32::MAX as u32) as i32,
+            use_mmap: cfg.llm_mmap.unwrap_or(true),
+            repack: cfg.llm_repack.unwrap_or(true),
+        });
     systemd.status(&format!("loading model {}", model_dir.display()));
     tracing::info!(model = %model_dir.display(), "loading model");
     let pipeline = Pipeline::load(&model_dir, &opts)?;

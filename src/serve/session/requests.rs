@@ -1,0 +1,296 @@
+//! The incoming side: routing a publish (requests and the QoS 0 feeds),
+//! and a request's way through intake (parse, validate, dedupe) to the
+//! worker queue or an error reply.
+
+use super::*;
+
+impl Session {
+    /// Routes an incoming publish: requests, or one of the QoS 0 feeds.
+    pub(super) fn on_publish(&mut self, p: Publish) {
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        let ha_prefix = &self.cfg.config.homeassistant.prefix;
+        if topic.starts_with(ha_prefix.as_str()) && topic != self.cfg.topics.ask {
+            let ha = self.ha_topics();
+            if topic == ha.birth_topic() {
+                if self.discovery.is_some() && &p.payload[..] == b"online" {
+                    tracing::info!("Home Assistant is online: announcing the entities again");
+                    self.announce_discovery();
+                }
+                return;
+            }
+            if ha.owns(&topic) {
+                if !p.payload.is_empty() && !self.wanted_discovery().contains(&topic) {
+                    tracing::info!(
+                        topic,
+                        "removing a Home Assistant entity the config no longer has"
+                    );
+                    self.clear_retained(topic);
+                }
+                return;
+            }
+        }
+        if let Some(name) = self.cfg.topics.watch_name(&topic) {
+            let name = name.to_string();
+            if p.retain && !p.payload.is_empty() {
+                if self.watches.config(&name).is_none() {
+                    tracing::info!(
+                        watch = name,
+                        "clearing the retained state of a removed watch"
+                    );
+                    self.clear_retained(topic);
+                    self.clear_retained(self.cfg.topics.watch_snapshot(&name));
+                } else if let Ok(state) = serde_json::from_slice::<wire::WatchState>(&p.payload) {
+                    self.watches.recall(&name, &state);
+                }
+            }
+            return;
+        }
+        self.on_request(p);
+    }
+
+    pub(super) fn next_id(&mut self) -> String {
+        self.auto_id += 1;
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        format!("auto-{ms}-{}", self.auto_id)
+    }
+
+    /// Intake: validate, deduplicate, enqueue or reply with an error (the
+    /// rules are in [`intake`]). Every delivery is acknowledged exactly once,
+    /// after its reply is out.
+    pub(super) fn on_request(&mut self, p: Publish) {
+        let props = p.properties.clone().unwrap_or_default();
+        let v5_reply = props.response_topic.clone();
+        let correlation = props.correlation_data.clone().map(|b| b.to_vec());
+        let max_payload = self.cfg.config.limits.max_payload_bytes;
+
+        // Error replies before an id is known go under a generated id.
+        if p.payload.len() > max_payload {
+            let id = self.next_id();
+            let msg = format!(
+                "payload of {} bytes exceeds limits.max_payload_bytes = {}",
+                p.payload.len(),
+                max_payload
+            );
+            let reply = match self.reply_or_refuse(v5_reply.as_deref(), None, correlation, &id) {
+                Ok(r) | Err((r, _)) => r,
+            };
+            self.refuse(p, &reply, &id, None, ErrorCode::LimitExceeded, msg);
+            return;
+        }
+        let req = match wire::parse_request(&p.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let readable =
+                    e.id.filter(|i| intake::check_id(&self.cfg.config, i).is_ok());
+                let id = match readable {
+                    Some(id) => id,
+                    None => self.next_id(),
+                };
+                let reply = match self.reply_or_refuse(v5_reply.as_deref(), None, correlation, &id)
+                {
+                    Ok(r) | Err((r, _)) => r,
+                };
+                self.refuse(p, &reply, &id, None, e.code, e.message);
+                return;
+            }
+        };
+        let id = req.id.clone().unwrap_or_else(|| self.next_id());
+        let reply = match self.reply_or_refuse(
+            v5_reply.as_deref(),
+            req.response_topic.as_deref(),
+            correlation,
+            &id,
+        ) {
+            Ok(r) => r,
+            Err((r, (code, msg))) => {
+                self.refuse(p, &r, &id, req.camera.clone(), code, msg);
+                return;
+            }
+        };
+        if let Err((code, msg)) = intake::check_id(&self.cfg.config, &id) {
+            // Too long to remember; the error goes under the (encoded) id.
+            self.refuse(p, &reply, &id, req.camera.clone(), code, msg);
+            return;
+        }
+
+        let key = intake::dedupe_key(&reply, req.id.as_deref(), &p.payload);
+        let seen = self.dedupe.check(&key);
+        let key = match (seen, req.id.is_some(), p.dup) {
+            (Seen::InProgress, _, _) if req.id.is_some() || p.dup => {
+                // A redelivery (or repeat) of a request we are answering:
+                // ack this delivery too when the answer is out.
+                tracing::debug!(
+                    key,
+                    "request already in progress; acking it with its answer"
+                );
+                let d = self.delivery(p);
+                self.in_progress.entry(key).or_default().push(d);
+                return;
+            }
+            (Seen::Answered { delivered }, has_id, dup) if has_id || dup => {
+                let d = self.delivery(p);
+                if let Some(waiting) = self.answers_in_flight.get_mut(&key) {
+                    // Its answer is on the way: ack with it.
+                    waiting.push(d);
+                } else if delivered {
+                    tracing::info!(
+                        key,
+                        "request already answered; acknowledging the redelivery"
+                    );
+                    self.ack(&d);
+                } else if let Some(stored) = self.dedupe.reply(&key).cloned() {
+                    // Answered before a crash, not confirmed by the broker:
+                    // publish the same reply again rather than a new answer.
+                    tracing::info!(
+                        key,
+                        "republishing the stored answer of a redelivered request"
+                    );
+                    self.publish_answer(key, stored, vec![d], &id);
+                } else {
+                    self.ack(&d);
+                }
+                return;
+            }
+            // The same plain question again (not a redelivery): a new request.
+            (Seen::InProgress, false, false) => {
+                let n = self.next_id();
+                format!("{key}#{n}")
+            }
+            _ => key,
+        };
+
+        let camera = req
+            .camera
+            .clone()
+            .unwrap_or_else(|| self.cfg.config.default_camera().to_string());
+        let names = self.cfg.cameras.names();
+        if let Err((code, msg)) = intake::validate(&self.cfg.config, &names, &req, &camera) {
+            self.refuse(p, &reply, &id, Some(camera), code, msg);
+            return;
+        }
+        let job = Job {
+            id: id.clone(),
+            camera: camera.clone(),
+            params: intake::params(&req, self.cfg.default_params),
+            prompt: req.prompt,
+            snapshot: req.snapshot,
+            origin: Origin::Request {
+                key: key.clone(),
+                reply: reply.clone(),
+                stream: req.stream,
+            },
+            enqueued: Instant::now(),
+        };
+        let Some(queue) = &self.queue else {
+            // Stopping: leave it unacknowledged, the broker redelivers it later.
+            return;
+        };
+        match queue.try_push(job) {
+            Ok(()) => {
+                tracing::debug!(id, camera, "request queued");
+                self.stats.accepted();
+                self.dedupe.start(&key);
+                let d = self.delivery(p);
+                self.in_progress.entry(key).or_default().push(d);
+            }
+            Err(PushError::Full) => {
+                let msg = format!(
+                    "the queue is full ({} waiting); retry later",
+                    self.cfg.config.limits.queue
+                );
+                self.refuse(p, &reply, &id, Some(camera), ErrorCode::Busy, msg);
+            }
+            Err(PushError::WorkerStopped) => {
+                tracing::error!("the inference worker has stopped");
+                self.refuse(
+                    p,
+                    &reply,
+                    &id,
+                    Some(camera),
+                    ErrorCode::Internal,
+                    "the inference worker has stopped".into(),
+                );
+            }
+        }
+    }
+
+    pub(super) fn reply_or_refuse(
+        &self,
+        v5: Option<&str>,
+        json: Option<&str>,
+        correlation: Option<Vec<u8>>,
+        id: &str,
+    ) -> Result<ReplyTo, (ReplyTo, intake::Refusal)> {
+        intake::reply_target(
+            &self.cfg.config,
+            &self.cfg.topics,
+            v5,
+            json,
+            correlation,
+            id,
+        )
+    }
+
+    /// Acknowledges a delivery, unless it came in an older broker session
+    /// (its packet id would now acknowledge some other message).
+    pub(super) fn ack(&self, d: &Delivery) {
+        if d.session != self.ledger.session() {
+            tracing::debug!("not acking a request of a lost broker session");
+            return;
+        }
+        if let Err(e) = self.client.try_ack(&d.publish) {
+            tracing::warn!(error = ?e, "cannot acknowledge request");
+        }
+    }
+
+    pub(super) fn refuse(
+        &mut self,
+        p: Publish,
+        reply: &ReplyTo,
+        id: &str,
+        camera: Option<String>,
+        code: ErrorCode,
+        message: String,
+    ) {
+        tracing::debug!(id, ?code, %message, "request refused");
+        self.stats.error(code);
+        let mut e = ErrorReply::new(id, code, message);
+        e.camera = camera;
+        let payload = match serde_json::to_string(&e) {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot serialise reply");
+                return;
+            }
+        };
+        let stored = StoredReply {
+            topic: reply.topic.clone(),
+            correlation: reply.correlation.clone(),
+            payload,
+        };
+        let on_ack = OnAck {
+            requests: vec![self.delivery(p)],
+            answered: None,
+            fallback: self.fallback(&stored.topic, id),
+            reply: Some(stored.clone()),
+        };
+        self.push(
+            stored.topic,
+            stored.payload.into_bytes(),
+            false,
+            stored.correlation,
+            on_ack,
+        );
+    }
+
+    /// A request delivered in the current broker session.
+    pub(super) fn delivery(&self, publish: Publish) -> Delivery {
+        Delivery {
+            publish,
+            session: self.ledger.session(),
+        }
+    }
+}
