@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use blipd::llm::{ffi, SamplerParams};
 use blipd::{Pipeline, PipelineOptions};
 use clap::{Args, Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -239,40 +239,24 @@ fn bench(b: BenchArgs) -> Result<()> {
         .unwrap_or_else(blipd::bundle::default_bundle_dir);
     let mut opts = PipelineOptions::default();
     if let Some(t) = b.threads {
-        if t == 0 {
-            bail!("--threads must be at least 1");
-        }
-        opts.threads = t;
-        opts.llm.threads = t as i32;
+        opts = opts.with_threads(threads_arg(t)?);
     }
     if b.runs == 0 || b.tokens == 0 {
         bail!("--runs and --tokens must be at least 1");
     }
     opts.llm.model.repack = !b.no_repack;
     opts.llm.model.use_mmap = !b.no_mmap;
-    // The demo model knows shape scenes and their questions only, and answers
-    // the default ones ("Is the garage door open? ...") in one token, which
-    // leaves no decode to time: bench it on its own world instead.
-    let demo = model == blipd::bundle::default_bundle_dir();
     let image = match &b.image {
         Some(p) => blipd::preprocess::load_rgb(p)?,
-        None if demo => {
-            let (w, h) = blipd::camera::TEST_PATTERN_SIZE;
-            blipd::camera::scene::Scene::sample(0).render(w, h)
-        }
-        None => blipd::bench::test_image(),
+        None => blipd::bench::default_image(&model),
     };
-    let mut bench = blipd::bench::BenchOptions {
+    let bench = blipd::bench::BenchOptions {
         runs: b.runs,
         warmup: b.warmup,
         tokens: b.tokens,
         lockstep: b.lockstep,
-        ..Default::default()
+        ..blipd::bench::BenchOptions::for_bundle(&model)
     };
-    if demo {
-        bench.prompt = "Describe the scene.".into();
-        bench.second_prompt = "How many circles are there?".into();
-    }
     let report = blipd::bench::run(&model, &opts, &bench, &image)
         .with_context(|| format!("benchmarking {}", model.display()))?;
     if b.lockstep {
@@ -290,16 +274,9 @@ fn ask(a: AskArgs) -> Result<()> {
         .model
         .clone()
         .unwrap_or_else(blipd::bundle::default_bundle_dir);
-    let mut opts = PipelineOptions {
-        verify_checksums: !a.no_verify,
-        ..Default::default()
-    };
+    let mut opts = PipelineOptions::default().with_checksums(!a.no_verify);
     if let Some(t) = a.threads {
-        if t == 0 {
-            bail!("--threads must be at least 1");
-        }
-        opts.threads = t;
-        opts.llm.threads = t as i32;
+        opts = opts.with_threads(threads_arg(t)?);
     }
     let mut pipeline = Pipeline::load(&model, &opts)
         .with_context(|| format!("loading bundle {}", model.display()))?;
@@ -454,6 +431,14 @@ fn doctor(d: DoctorArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--threads N`: at least 1.
+fn threads_arg(t: usize) -> Result<usize> {
+    if t == 0 {
+        bail!("--threads must be at least 1");
+    }
+    Ok(t)
+}
+
 fn sampler_params(a: &AskArgs, temperature: f32) -> Result<SamplerParams> {
     let p = SamplerParams {
         temperature,
@@ -479,51 +464,18 @@ fn quantize(q: QuantizeArgs) -> Result<()> {
     };
     let threads = q.threads.unwrap_or(0) as i32;
     if q.input.is_dir() {
-        return quantize_bundle(&q.input, &q.output, &kind, ftype, threads);
+        let src = blipd::bundle::Bundle::open(&q.input)?;
+        src.verify()?;
+        src.derive_llm(&q.output, &kind, |from, to| {
+            ffi::quantize(from, to, ftype, threads).map_err(Into::into)
+        })?;
+        eprintln!("wrote bundle {} ({kind})", q.output.display());
+        return Ok(());
     }
     if !q.input.is_file() {
         bail!("{} does not exist", q.input.display());
     }
     ffi::quantize(&q.input, &q.output, ftype, threads)?;
     eprintln!("wrote {}", q.output.display());
-    Ok(())
-}
-
-/// Copies a bundle to `out` with its LLM quantized and the manifest updated.
-fn quantize_bundle(input: &Path, out: &Path, kind: &str, ftype: u32, threads: i32) -> Result<()> {
-    use blipd::bundle::{sha256_file, Bundle, FileEntry};
-    let src = Bundle::open(input)?;
-    src.verify()?;
-    if out.exists() {
-        bail!("{} already exists", out.display());
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut manifest = src.manifest.clone();
-    let llm_file = manifest.llm.file.clone();
-    for name in manifest.files.keys() {
-        if *name != llm_file {
-            std::fs::copy(src.path(name), out.join(name))
-                .with_context(|| format!("copying {name}"))?;
-        }
-    }
-    let new_llm = "llm.gguf".to_string();
-    ffi::quantize(&src.path(&llm_file), &out.join(&new_llm), ftype, threads)?;
-    manifest.files.remove(&llm_file);
-    let path = out.join(&new_llm);
-    manifest.files.insert(
-        new_llm.clone(),
-        FileEntry {
-            sha256: sha256_file(&path)?,
-            size: std::fs::metadata(&path)?.len(),
-        },
-    );
-    manifest.llm.file = new_llm;
-    manifest.llm.weight_type = kind.to_string();
-    let dst = Bundle {
-        dir: out.to_path_buf(),
-        manifest,
-    };
-    dst.write_manifest()?;
-    eprintln!("wrote bundle {} ({kind})", out.display());
     Ok(())
 }

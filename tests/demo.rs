@@ -67,10 +67,7 @@ type Scores = BTreeMap<String, (usize, usize, usize)>;
 /// Every held-out case through the pipeline of `bundle`; `check_goldens`
 /// also holds the golden subset to the reference's tokens and Q-Former output.
 fn score(bundle: &Path, g: &Goldens, check_goldens: bool) -> Scores {
-    let opts = PipelineOptions {
-        threads: 2,
-        ..Default::default()
-    };
+    let opts = PipelineOptions::default().with_threads(2);
     let mut p = Pipeline::load(bundle, &opts).unwrap();
     let params = GenerateParams {
         max_new_tokens: g.max_new_tokens,

@@ -10,10 +10,7 @@ use blipd::{Pipeline, PipelineError, PipelineOptions};
 use common::*;
 
 fn opts() -> PipelineOptions {
-    PipelineOptions {
-        threads: 1,
-        ..Default::default()
-    }
+    PipelineOptions::default().with_threads(1)
 }
 
 fn load_err(dir: &std::path::Path) -> PipelineError {

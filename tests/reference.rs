@@ -16,10 +16,7 @@ use std::sync::Arc;
 const FEATURE_TOL: f32 = 1e-4;
 const PNG_PIXEL_TOL: f32 = 1e-6;
 fn load(preset: &str) -> Pipeline {
-    let opts = PipelineOptions {
-        threads: 2,
-        ..Default::default()
-    };
+    let opts = PipelineOptions::default().with_threads(2);
     Pipeline::load(bundle_dir(preset), &opts).expect("load tiny bundle")
 }
 

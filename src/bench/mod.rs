@@ -221,6 +221,36 @@ pub fn run(
     })
 }
 
+impl BenchOptions {
+    /// The defaults for a bundle. The demo model knows shape scenes and their
+    /// questions only, and answers the default ones ("Is the garage door
+    /// open? ...") in one token, which leaves no decode to time: it is
+    /// benched on its own world instead.
+    pub fn for_bundle(model: &Path) -> Self {
+        let mut o = Self::default();
+        if is_demo(model) {
+            o.prompt = "Describe the scene.".into();
+            o.second_prompt = "How many circles are there?".into();
+        }
+        o
+    }
+}
+
+/// The picture to bench with when none is given: a demo scene for the demo
+/// model, else [`test_image`].
+pub fn default_image(model: &Path) -> RgbImage {
+    if is_demo(model) {
+        let (w, h) = crate::camera::TEST_PATTERN_SIZE;
+        crate::camera::scene::Scene::sample(0).render(w, h)
+    } else {
+        test_image()
+    }
+}
+
+fn is_demo(model: &Path) -> bool {
+    model == crate::bundle::default_bundle_dir()
+}
+
 /// A deterministic 640x480 test picture (gradients and blocks), so the
 /// benchmark needs no file.
 pub fn test_image() -> RgbImage {

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+mod derive;
+
 /// Name of the manifest inside a bundle directory.
 pub const MANIFEST: &str = "bundle.json";
 /// The manifest format this build understands.
@@ -54,6 +56,14 @@ pub enum BundleError {
     },
     #[error("manifest is inconsistent: {0}")]
     Inconsistent(String),
+    #[error("{0} already exists; choose a new folder for the derived bundle")]
+    Exists(PathBuf),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// How frames are turned into `pixel_values` (`BlipImageProcessor`).
@@ -239,7 +249,7 @@ impl Bundle {
         Ok(())
     }
 
-    /// Rewrites the manifest after a file changed (used by `blipd quantize --bundle`).
+    /// Rewrites the manifest after a file changed ([`Bundle::derive_llm`]).
     pub fn write_manifest(&self) -> Result<(), BundleError> {
         let path = self.dir.join(MANIFEST);
         let text = serde_json::to_string_pretty(&self.manifest).map_err(|source| {

@@ -27,8 +27,6 @@ pub enum LlamaError {
     ContextFull { got: usize, n_ctx: u32 },
     #[error("embedding batch has {got} floats, not a multiple of n_embd {n_embd}")]
     EmbeddingShape { got: usize, n_embd: usize },
-    #[error("llama.cpp returned no logits")]
-    NoLogits,
     #[error("quantization of {input} failed (llama_model_quantize returned {code})")]
     Quantize { input: String, code: u32 },
 }
@@ -169,12 +167,6 @@ impl Model {
         buf.truncate(n.clamp(0, 255) as usize);
         String::from_utf8_lossy(&buf).into_owned()
     }
-
-    /// Size of the weights in bytes.
-    pub fn size_bytes(&self) -> u64 {
-        // SAFETY: valid model pointer.
-        unsafe { sys::llama_model_size(self.ptr.as_ptr()) }
-    }
 }
 
 impl Drop for Model {
@@ -198,7 +190,6 @@ pub struct Context {
     model: Arc<Model>,
     n_ctx: u32,
     n_embd: usize,
-    n_vocab: usize,
 }
 
 // SAFETY: a llama_context may be used from any thread as long as it is not used
@@ -224,13 +215,12 @@ impl Context {
         })?;
         // SAFETY: valid context pointer.
         let n_ctx = unsafe { sys::llama_n_ctx(ptr.as_ptr()) };
-        let (n_embd, n_vocab) = (model.n_embd(), model.n_vocab());
+        let n_embd = model.n_embd();
         Ok(Self {
             ptr,
             model,
             n_ctx,
             n_embd,
-            n_vocab,
         })
     }
 
@@ -327,20 +317,6 @@ impl Context {
             return Err(LlamaError::Decode { code, what });
         }
         Ok(())
-    }
-
-    /// Logits of the last decoded token that requested them.
-    pub fn last_logits(&self) -> Result<&[f32], LlamaError> {
-        // SAFETY: valid context; -1 selects the last output row, which
-        // llama.cpp keeps until the next decode. The slice borrows `self`, so
-        // no decode (which needs `&mut self`) can run while it is alive.
-        unsafe {
-            let p = sys::llama_get_logits_ith(self.ptr.as_ptr(), -1);
-            if p.is_null() {
-                return Err(LlamaError::NoLogits);
-            }
-            Ok(std::slice::from_raw_parts(p, self.n_vocab))
-        }
     }
 }
 
@@ -522,15 +498,6 @@ pub fn quantize(input: &Path, output: &Path, ftype: u32, threads: i32) -> Result
         });
     }
     Ok(())
-}
-
-/// llama.cpp's view of the CPU features it was built for (AVX2, NEON, ...).
-pub fn system_info() -> String {
-    backend_init();
-    // SAFETY: returns a pointer to a static NUL-terminated string.
-    unsafe { CStr::from_ptr(sys::llama_print_system_info()) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// Hands freed heap memory back to the OS (glibc's `malloc_trim`).

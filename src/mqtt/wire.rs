@@ -83,8 +83,6 @@ pub enum ErrorCode {
     CameraUnavailable,
     /// The queue is full; retry later.
     Busy,
-    /// The daemon is stopping and did not start this request.
-    ShuttingDown,
     /// A failure inside the model; the daemon keeps serving.
     Internal,
 }

@@ -60,6 +60,37 @@ impl Default for PipelineOptions {
     }
 }
 
+/// The one way the CLI, the daemon, benchmarks and tests set options, so a
+/// thread count always reaches both runtimes (setting `threads` alone would
+/// leave llama.cpp on every core).
+impl PipelineOptions {
+    /// Threads for tract and llama.cpp alike; at least 1.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        let threads = threads.clamp(1, i32::MAX as usize);
+        self.threads = threads;
+        self.llm.threads = threads as i32;
+        self
+    }
+
+    /// The LLM's context length; 0 = the model's training context.
+    pub fn with_context(mut self, n_ctx: u32) -> Self {
+        self.llm.n_ctx = n_ctx;
+        self
+    }
+
+    /// How llama.cpp loads the GGUF (GPU layers, mmap, repacking).
+    pub fn with_llm_model(mut self, model: crate::llm::ffi::ModelParams) -> Self {
+        self.llm.model = model;
+        self
+    }
+
+    /// Whether every bundle file is hashed against the manifest at load.
+    pub fn with_checksums(mut self, verify: bool) -> Self {
+        self.verify_checksums = verify;
+        self
+    }
+}
+
 /// Per-stage wall times of one answer, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct StageTimings {
