@@ -34,6 +34,7 @@ venv: test-deps $(VENV)/.stamp
 check: deps
 	cargo fmt --all -- --check
 	cargo clippy --release --all-targets -- -D warnings
+	scripts/structure.sh
 
 # The whole test suite: Rust (goldens, errors, CLI) and the exporter's own tests.
 test: test-deps build venv
