@@ -84,11 +84,12 @@ struct AskArgs {
     /// demo bundle (models/demo)].
     #[arg(long, env = "BLIPD_MODEL")]
     model: Option<PathBuf>,
-    /// Image file (PNG, JPEG, BMP, WebP), answered locally.
+    /// Image file (PNG, JPEG, BMP, WebP), answered locally; with --mqtt, sent
+    /// to the daemon to answer about instead of a camera's frame.
     #[arg(
         long,
         required_unless_present_any = ["mqtt", "scene"],
-        conflicts_with_all = ["mqtt", "scene"]
+        conflicts_with_all = ["scene", "camera"]
     )]
     image: Option<PathBuf>,
     /// Answer about demo scene SEED (what the test-pattern camera shows) instead
@@ -332,9 +333,19 @@ fn ask_remote(a: AskArgs) -> Result<()> {
         .device
         .clone()
         .unwrap_or_else(|| blipd::config::Config::default().device_id());
+    let image = match &a.image {
+        Some(path) => {
+            use base64::Engine as _;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+        None => None,
+    };
     let request = Request {
         id: None,
         camera: a.camera.clone(),
+        image,
         prompt: a.instruction.clone(),
         max_tokens: a.max_tokens,
         temperature: a.temperature,

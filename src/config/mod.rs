@@ -267,6 +267,20 @@ pub struct Limits {
     /// checked from its header before any pixel is allocated.
     #[serde(default = "default_max_image_pixels")]
     pub max_image_pixels: u64,
+    /// Largest picture a request may carry (`image`, decoded bytes). Its
+    /// base64 form plus `max_payload_bytes` must fit the 1 MiB packets the
+    /// daemon accepts from the broker.
+    #[serde(default = "default_max_image_bytes")]
+    pub max_image_bytes: usize,
+}
+
+fn default_max_image_bytes() -> usize {
+    700 * 1024
+}
+
+/// Bytes of the base64 form of `n` bytes (padded).
+pub fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
 }
 
 fn default_max_image_pixels() -> u64 {
@@ -298,6 +312,7 @@ impl Default for Limits {
         Self {
             queue: default_queue(),
             max_payload_bytes: default_max_payload(),
+            max_image_bytes: default_max_image_bytes(),
             max_prompt_chars: default_max_prompt(),
             max_tokens: default_max_tokens(),
             remember_answered: default_remember(),
@@ -400,10 +415,23 @@ impl Config {
             ("limits.max_tokens", l.max_tokens),
             ("limits.max_id_bytes", l.max_id_bytes),
             ("limits.max_image_pixels", l.max_image_pixels as usize),
+            ("limits.max_image_bytes", l.max_image_bytes),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1".into()));
             }
+        }
+        let packet = crate::mqtt::MAX_INCOMING_PACKET as usize;
+        if l.max_payload_bytes + base64_len(l.max_image_bytes) + 1024 > packet {
+            return Err(invalid(
+                "limits.max_image_bytes",
+                format!(
+                    "its base64 form ({} bytes) plus limits.max_payload_bytes ({}) must stay \
+                     under the {packet}-byte packets the daemon accepts",
+                    base64_len(l.max_image_bytes),
+                    l.max_payload_bytes
+                ),
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, cam) in self.cameras.iter().enumerate() {

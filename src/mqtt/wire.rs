@@ -32,6 +32,10 @@ pub struct Request {
     pub id: Option<String>,
     #[serde(default)]
     pub camera: Option<String>,
+    /// The picture to answer about, base64 (JPEG, PNG, ...; a `data:` URL
+    /// prefix is accepted), instead of a camera's newest frame.
+    #[serde(default)]
+    pub image: Option<String>,
     pub prompt: String,
     #[serde(default)]
     pub max_tokens: Option<usize>,
@@ -79,6 +83,8 @@ pub enum ErrorCode {
     /// A limit of the configuration was exceeded (payload size, max_tokens, sampling values).
     LimitExceeded,
     UnknownCamera,
+    /// The request's `image` is not base64 or not a picture blipd can decode.
+    BadImage,
     /// The camera exists but has no current frame (unplugged, file removed).
     CameraUnavailable,
     /// The queue is full; retry later.
@@ -128,6 +134,8 @@ pub struct Timings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnswerReply {
     pub id: String,
+    /// The camera answered about; absent when the request carried its image.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub camera: String,
     pub answer: String,
     /// Number of generated tokens.

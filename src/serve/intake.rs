@@ -130,7 +130,7 @@ pub fn validate(
     cfg: &Config,
     cameras: &BTreeSet<String>,
     req: &Request,
-    camera: &str,
+    camera: Option<&str>,
 ) -> Result<(), Refusal> {
     let l = &cfg.limits;
     if req.prompt.trim().is_empty() {
@@ -167,6 +167,10 @@ pub fn validate(
     sampling
         .validate()
         .map_err(|m| (ErrorCode::LimitExceeded, m))?;
+    let Some(camera) = camera else {
+        // The request carries its picture ([`image`]).
+        return Ok(());
+    };
     if !cameras.contains(camera) {
         let known: Vec<_> = cameras.iter().map(String::as_str).collect();
         return Err((
@@ -179,6 +183,67 @@ pub fn validate(
         ));
     }
     Ok(())
+}
+
+/// The picture a request carries (`image`, base64, optionally as a `data:`
+/// URL), decoded to its encoded bytes (JPEG, PNG, ...): the worker decodes
+/// the pixels, after checking the header against `limits.max_image_pixels`.
+/// The size is checked before decoding the base64.
+pub fn image(cfg: &Config, req: &Request) -> Result<Option<std::sync::Arc<[u8]>>, Refusal> {
+    use base64::Engine as _;
+    let Some(text) = req.image.as_deref() else {
+        return Ok(None);
+    };
+    if req.camera.is_some() {
+        return Err((
+            ErrorCode::BadRequest,
+            "a request names a camera or carries an image, not both".into(),
+        ));
+    }
+    let text = match text.strip_prefix("data:") {
+        Some(url) => match url.split_once(";base64,") {
+            Some((_, data)) => data,
+            None => {
+                return Err((
+                    ErrorCode::BadImage,
+                    "a data: URL image must be base64 (data:image/jpeg;base64,...)".into(),
+                ))
+            }
+        },
+        None => text,
+    };
+    let text = text.trim();
+    let max = cfg.limits.max_image_bytes;
+    if text.len() > crate::config::base64_len(max) {
+        return Err((
+            ErrorCode::LimitExceeded,
+            format!(
+                "the image is about {} bytes; limits.max_image_bytes is {max}",
+                text.len() / 4 * 3
+            ),
+        ));
+    }
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let bytes = engine
+        .decode(text)
+        .map_err(|e| (ErrorCode::BadImage, format!("the image is not base64: {e}")))?;
+    if bytes.is_empty() {
+        return Err((ErrorCode::BadImage, "the image is empty".into()));
+    }
+    if bytes.len() > max {
+        return Err((
+            ErrorCode::LimitExceeded,
+            format!(
+                "the image is {} bytes; limits.max_image_bytes is {max}",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(Some(bytes.into()))
 }
 
 /// The generation parameters of a valid request.
@@ -300,33 +365,62 @@ mod tests {
             prompt: p.into(),
             ..Default::default()
         };
-        assert!(validate(&c, &cams, &req("hi"), "test").is_ok());
+        assert!(validate(&c, &cams, &req("hi"), Some("test")).is_ok());
         assert_eq!(
-            validate(&c, &cams, &req(" "), "test").unwrap_err().0,
+            validate(&c, &cams, &req(" "), Some("test")).unwrap_err().0,
             ErrorCode::EmptyPrompt
         );
         assert_eq!(
-            validate(&c, &cams, &req("hi"), "attic").unwrap_err().0,
+            validate(&c, &cams, &req("hi"), Some("attic"))
+                .unwrap_err()
+                .0,
             ErrorCode::UnknownCamera
         );
         let mut r = req("hi");
         r.temperature = Some(f32::NAN);
         assert_eq!(
-            validate(&c, &cams, &r, "test").unwrap_err().0,
+            validate(&c, &cams, &r, Some("test")).unwrap_err().0,
             ErrorCode::LimitExceeded
         );
         r.temperature = Some(0.5);
         r.top_p = Some(1.5);
         assert_eq!(
-            validate(&c, &cams, &r, "test").unwrap_err().0,
+            validate(&c, &cams, &r, Some("test")).unwrap_err().0,
             ErrorCode::LimitExceeded
         );
         r.top_p = None;
         r.max_tokens = Some(0);
         assert_eq!(
-            validate(&c, &cams, &r, "test").unwrap_err().0,
+            validate(&c, &cams, &r, Some("test")).unwrap_err().0,
             ErrorCode::LimitExceeded
         );
         assert_eq!(shorten(&"é".repeat(100)).chars().count(), 67);
+    }
+
+    #[test]
+    fn request_images_are_checked_before_decoding() {
+        let mut c = Config::zero_config();
+        c.limits.max_image_bytes = 6;
+        let req = |image: &str| Request {
+            prompt: "hi".into(),
+            image: Some(image.into()),
+            ..Default::default()
+        };
+        let code = |r: &Request| image(&c, r).unwrap_err().0;
+        assert_eq!(&*image(&c, &req("AAEC")).unwrap().unwrap(), &[0u8, 1, 2]);
+        // Unpadded, padded and as a data URL alike.
+        assert_eq!(image(&c, &req("AAECAw")).unwrap().unwrap().len(), 4);
+        assert_eq!(image(&c, &req("AAECAw==")).unwrap().unwrap().len(), 4);
+        let url = req("data:image/png;base64,AAEC");
+        assert_eq!(image(&c, &url).unwrap().unwrap().len(), 3);
+        assert_eq!(code(&req("data:image/png,AAEC")), ErrorCode::BadImage);
+        assert_eq!(code(&req("no b64!")), ErrorCode::BadImage);
+        assert_eq!(code(&req("")), ErrorCode::BadImage);
+        assert_eq!(code(&req("AAECAwQFBgc=")), ErrorCode::LimitExceeded);
+        assert_eq!(code(&req(&"A".repeat(1000))), ErrorCode::LimitExceeded);
+        let mut both = req("AAEC");
+        both.camera = Some("test".into());
+        assert_eq!(code(&both), ErrorCode::BadRequest);
+        assert!(image(&c, &Request::default()).unwrap().is_none());
     }
 }

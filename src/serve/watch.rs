@@ -263,6 +263,7 @@ impl Watches {
             jobs.push(Job {
                 id: format!("watch-{name}-{}", next_id()),
                 camera: w.camera.clone(),
+                image: None,
                 prompt: w.cfg.prompt.clone(),
                 params,
                 snapshot: w.cfg.snapshot,

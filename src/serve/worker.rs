@@ -44,7 +44,10 @@ pub enum Origin {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: String,
+    /// Empty when the request carried its own picture (`image`).
     pub camera: String,
+    /// The request's picture, still encoded (decoded here, on the worker).
+    pub image: Option<Arc<[u8]>>,
     pub prompt: String,
     pub params: GenerateParams,
     /// Also encode the answered frame as JPEG.
@@ -280,7 +283,7 @@ impl Worker {
                 Err((code, message)) => {
                     tracing::debug!(?code, %message, "job failed");
                     let mut e = ErrorReply::new(job.id.clone(), code, message);
-                    e.camera = Some(job.camera.clone());
+                    e.camera = (!job.camera.is_empty()).then(|| job.camera.clone());
                     (Err(e), None)
                 }
             };
@@ -354,18 +357,23 @@ impl Worker {
 
     fn answer(&mut self, job: &Job) -> Result<(AnswerReply, Frame), (ErrorCode, String)> {
         let queue_ms = job.enqueued.elapsed().as_secs_f64() * 1e3;
-        let cam = self.cameras.get(&job.camera).ok_or_else(|| {
-            (
-                ErrorCode::UnknownCamera,
-                format!("no camera named {:?}", job.camera),
-            )
-        })?;
         let prepared = self.pipeline.prepare(&job.prompt).map_err(classify)?;
-        let frame = cam.latest().map_err(|e| match e {
-            CameraError::Unavailable { .. } | CameraError::NoFrameYet { .. } => {
-                (ErrorCode::CameraUnavailable, e.to_string())
+        let frame = match &job.image {
+            Some(bytes) => request_frame(bytes)?,
+            None => {
+                let cam = self.cameras.get(&job.camera).ok_or_else(|| {
+                    (
+                        ErrorCode::UnknownCamera,
+                        format!("no camera named {:?}", job.camera),
+                    )
+                })?;
+                cam.latest().map_err(|e| match e {
+                    CameraError::Unavailable { .. } | CameraError::NoFrameYet { .. } => {
+                        (ErrorCode::CameraUnavailable, e.to_string())
+                    }
+                })?
             }
-        })?;
+        };
         let (features, cached) = self.features(&job.camera, &frame).map_err(classify)?;
         self.liveness.progress();
         let frame_for_timing = if cached {
@@ -422,6 +430,32 @@ impl Worker {
         };
         Ok((reply, frame))
     }
+}
+
+/// A request's own picture as a frame: decoded like a camera's (same
+/// pixel limit, checked from the header first), captured now.
+fn request_frame(bytes: &[u8]) -> Result<Frame, (ErrorCode, String)> {
+    use crate::preprocess::PreprocessError;
+    let image = crate::preprocess::decode_rgb(bytes).map_err(|e| match e {
+        PreprocessError::TooLarge {
+            width,
+            height,
+            max_pixels,
+            ..
+        } => (
+            ErrorCode::LimitExceeded,
+            format!("the image is {width}x{height}: over limits.max_image_pixels = {max_pixels}"),
+        ),
+        other => (
+            ErrorCode::BadImage,
+            format!("the image cannot be decoded: {other}"),
+        ),
+    })?;
+    Ok(Frame {
+        image: Arc::new(image),
+        captured: std::time::SystemTime::now(),
+        seq: 0,
+    })
 }
 
 /// The text of a caught panic.
@@ -537,6 +571,7 @@ mod tests {
         Job {
             id: format!("{}{n}", if watch { "w" } else { "r" }),
             camera: "c".into(),
+            image: None,
             prompt: "p".into(),
             params: GenerateParams {
                 max_new_tokens: 1,

@@ -7,6 +7,7 @@ mod appliance;
 mod flood;
 mod harness;
 mod hostile;
+mod images;
 mod resilience;
 
 use harness::*;

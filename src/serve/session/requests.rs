@@ -66,11 +66,26 @@ impl Session {
         let correlation = props.correlation_data.clone().map(|b| b.to_vec());
         let max_payload = self.cfg.config.limits.max_payload_bytes;
 
-        // Error replies before an id is known go under a generated id.
-        if p.payload.len() > max_payload {
+        // Error replies before an id is known go under a generated id. A
+        // request over the payload limit is read only if it may be one that
+        // carries a picture (which has its own limit).
+        let image_budget = crate::config::base64_len(self.cfg.config.limits.max_image_bytes);
+        let over = p.payload.len() > max_payload;
+        let parsed = if !over || p.payload.len() <= max_payload + image_budget {
+            wire::parse_request(&p.payload)
+        } else {
+            Err(wire::ParseError {
+                code: ErrorCode::LimitExceeded,
+                message: String::new(),
+                id: None,
+            })
+        };
+        if over && !matches!(&parsed, Ok(r) if r.image.is_some()) {
             let id = self.next_id();
             let msg = format!(
-                "payload of {} bytes exceeds limits.max_payload_bytes = {}",
+                "payload of {} bytes exceeds limits.max_payload_bytes = {} \
+                 (a request with an `image` may add up to {image_budget} bytes of base64, \
+                 limits.max_image_bytes)",
                 p.payload.len(),
                 max_payload
             );
@@ -80,7 +95,7 @@ impl Session {
             self.refuse(p, &reply, &id, None, ErrorCode::LimitExceeded, msg);
             return;
         }
-        let req = match wire::parse_request(&p.payload) {
+        let req = match parsed {
             Ok(r) => r,
             Err(e) => {
                 let readable =
@@ -162,18 +177,31 @@ impl Session {
             _ => key,
         };
 
-        let camera = req
-            .camera
-            .clone()
-            .unwrap_or_else(|| self.cfg.config.default_camera().to_string());
+        let image = match intake::image(&self.cfg.config, &req) {
+            Ok(i) => i,
+            Err((code, msg)) => {
+                self.refuse(p, &reply, &id, req.camera.clone(), code, msg);
+                return;
+            }
+        };
+        // An image request answers about its picture, not a camera.
+        let camera = match image {
+            Some(_) => String::new(),
+            None => req
+                .camera
+                .clone()
+                .unwrap_or_else(|| self.cfg.config.default_camera().to_string()),
+        };
+        let cam = (!camera.is_empty()).then(|| camera.clone());
         let names = self.cfg.cameras.names();
-        if let Err((code, msg)) = intake::validate(&self.cfg.config, &names, &req, &camera) {
-            self.refuse(p, &reply, &id, Some(camera), code, msg);
+        if let Err((code, msg)) = intake::validate(&self.cfg.config, &names, &req, cam.as_deref()) {
+            self.refuse(p, &reply, &id, cam, code, msg);
             return;
         }
         let job = Job {
             id: id.clone(),
             camera: camera.clone(),
+            image,
             params: intake::params(&req, self.cfg.default_params),
             prompt: req.prompt,
             snapshot: req.snapshot,
@@ -201,7 +229,7 @@ impl Session {
                     "the queue is full ({} waiting); retry later",
                     self.cfg.config.limits.queue
                 );
-                self.refuse(p, &reply, &id, Some(camera), ErrorCode::Busy, msg);
+                self.refuse(p, &reply, &id, cam, ErrorCode::Busy, msg);
             }
             Err(PushError::WorkerStopped) => {
                 tracing::error!("the inference worker has stopped");
@@ -209,7 +237,7 @@ impl Session {
                     p,
                     &reply,
                     &id,
-                    Some(camera),
+                    cam,
                     ErrorCode::Internal,
                     "the inference worker has stopped".into(),
                 );
