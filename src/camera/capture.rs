@@ -10,6 +10,7 @@ use image::RgbImage;
 
 use super::file::FileSource;
 use super::folder::FolderSource;
+use super::mqtt::MqttSource;
 use super::pattern::{SceneSource, TestPattern};
 use super::v4l2::V4l2Source;
 use super::{
@@ -20,11 +21,6 @@ use super::{
 // Camera and its capture thread
 // ---------------------------------------------------------------------------
 
-/// Frames older than this many periods are stale (the source is stuck).
-const STALE_PERIODS: u32 = 3;
-/// Staleness never triggers sooner than this, whatever the frame rate: a
-/// slow decode or a scheduling hiccup must not flap the status.
-const STALE_MIN: Duration = Duration::from_secs(10);
 /// First retry delay after a failure; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Longest retry delay: an unplugged camera is found again within this.
@@ -50,7 +46,7 @@ impl Camera {
     /// keep the daemon (and the other cameras) from starting.
     pub fn spawn(cfg: CameraConfig) -> Camera {
         let kind = cfg.source.kind();
-        let stale_after = (cfg.source.period() * STALE_PERIODS).max(STALE_MIN);
+        let stale_after = cfg.source.stale_after();
         let shared = Arc::new(Shared {
             name: cfg.name.clone(),
             kind,
@@ -64,6 +60,7 @@ impl Camera {
                 latest: None,
                 frames: 0,
                 unavailable_since: None,
+                pending: None,
             }),
             wake: Condvar::new(),
         });
@@ -98,6 +95,7 @@ impl Camera {
                 fps,
                 format,
             } => Box::new(V4l2Source::new(device, width, height, fps, format)),
+            SourceConfig::Mqtt { .. } => Box::new(MqttSource),
         };
         tracing::info!(camera = %shared.name, kind, "starting camera");
         let thread_shared = Arc::clone(&shared);
@@ -147,6 +145,17 @@ impl Camera {
                 reason,
             }),
         }
+    }
+
+    /// Hands an encoded frame (JPEG, PNG, ...) to a camera whose frames
+    /// arrive from outside (`mqtt`): it replaces any frame not decoded yet,
+    /// and the capture thread decodes it. Ignored by other cameras.
+    pub fn push(&self, encoded: Arc<[u8]>) {
+        if self.shared.kind != "mqtt" {
+            return;
+        }
+        self.shared.lock().pending = Some(encoded);
+        self.shared.wake.notify_all();
     }
 
     /// Health snapshot (cheap: one lock, no I/O).
@@ -239,6 +248,9 @@ struct Inner {
     latest: Option<(Frame, Instant)>,
     frames: u64,
     unavailable_since: Option<Instant>,
+    /// The newest encoded frame handed in by [`Camera::push`] and not yet
+    /// decoded (an `mqtt` camera); a newer one replaces it.
+    pending: Option<Arc<[u8]>>,
 }
 
 enum Assessment {
@@ -303,6 +315,24 @@ impl Shared {
                 .wait_timeout(inner, deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+        }
+    }
+
+    /// Waits for the next frame handed to [`Camera::push`]; `None` when
+    /// stopped.
+    pub(crate) fn wait_pushed(&self) -> Option<Arc<[u8]>> {
+        let mut inner = self.lock();
+        loop {
+            if inner.stop {
+                return None;
+            }
+            if let Some(p) = inner.pending.take() {
+                return Some(p);
+            }
+            inner = self
+                .wake
+                .wait(inner)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -511,6 +541,7 @@ mod tests {
                 latest: None,
                 frames: 0,
                 unavailable_since: None,
+                pending: None,
             }),
             wake: Condvar::new(),
         };

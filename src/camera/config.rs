@@ -84,6 +84,17 @@ pub enum SourceConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         format: Option<PixelFormat>,
     },
+    /// Frames published to the broker (JPEG/PNG payloads): a Frigate
+    /// snapshot topic, an ESP32-CAM's topic. The daemon's MQTT session
+    /// subscribes to `topic` (a filter: `+`/`#` allowed) and hands each
+    /// payload to the camera, which decodes the newest on its own thread.
+    Mqtt {
+        topic: String,
+        /// Seconds after the last frame at which the camera reports
+        /// `camera_unavailable`; `None`: a frame stays current until the next.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_age: Option<f32>,
+    },
 }
 
 /// V4L2 pixel formats blipd can convert.
@@ -220,6 +231,12 @@ enum CameraToml {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         format: Option<PixelFormat>,
     },
+    Mqtt {
+        name: String,
+        topic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_age: Option<f32>,
+    },
 }
 
 impl From<CameraToml> for CameraConfig {
@@ -245,6 +262,11 @@ impl From<CameraToml> for CameraConfig {
                 },
             ),
             CameraToml::File { name, path, fps } => (name, SourceConfig::File { path, fps }),
+            CameraToml::Mqtt {
+                name,
+                topic,
+                max_age,
+            } => (name, SourceConfig::Mqtt { topic, max_age }),
             CameraToml::Folder {
                 name,
                 path,
@@ -293,6 +315,11 @@ impl From<CameraConfig> for CameraToml {
                 interval,
             },
             SourceConfig::File { path, fps } => CameraToml::File { name, path, fps },
+            SourceConfig::Mqtt { topic, max_age } => CameraToml::Mqtt {
+                name,
+                topic,
+                max_age,
+            },
             SourceConfig::Folder { path, interval } => CameraToml::Folder {
                 name,
                 path,
@@ -400,6 +427,17 @@ impl CameraConfig {
                 check_path("path", path)?;
                 check_fps(*fps)
             }
+            SourceConfig::Mqtt { topic, max_age } => {
+                crate::mqtt::topic::check_filter(topic)
+                    .map_err(|e| format!("{}: {e}", at("topic")))?;
+                match max_age {
+                    Some(a) if !(a.is_finite() && *a > 0.0 && *a <= MAX_PERIOD_S) => Err(format!(
+                        "{} must be a number of seconds between 0 and {MAX_PERIOD_S}, got {a}",
+                        at("max_age")
+                    )),
+                    _ => Ok(()),
+                }
+            }
             SourceConfig::Folder { path, interval } => {
                 check_path("path", path)?;
                 if interval.is_finite() && *interval >= 1.0 / MAX_FPS && *interval <= MAX_PERIOD_S {
@@ -444,6 +482,21 @@ impl SourceConfig {
             SourceConfig::File { .. } => "file",
             SourceConfig::Folder { .. } => "folder",
             SourceConfig::V4l2 { .. } => "v4l2",
+            SourceConfig::Mqtt { .. } => "mqtt",
+        }
+    }
+
+    /// How old the newest frame may be before the camera counts as stuck:
+    /// three frame periods (at least 10 s, so a slow decode does not flap
+    /// the status), or an `mqtt` camera's `max_age`.
+    pub(super) fn stale_after(&self) -> Duration {
+        const STALE_PERIODS: u32 = 3;
+        const STALE_MIN: Duration = Duration::from_secs(10);
+        match self {
+            SourceConfig::Mqtt { max_age, .. } => {
+                Duration::from_secs_f32(max_age.unwrap_or(100.0 * 365.0 * 86_400.0))
+            }
+            _ => (self.period() * STALE_PERIODS).max(STALE_MIN),
         }
     }
 
@@ -454,6 +507,8 @@ impl SourceConfig {
             SourceConfig::TestPattern { fps, .. } | SourceConfig::File { fps, .. } => 1.0 / *fps,
             SourceConfig::Folder { interval, .. } => *interval,
             SourceConfig::V4l2 { fps, .. } => 1.0 / (*fps).max(1) as f32,
+            // Frames come when the publisher sends them.
+            SourceConfig::Mqtt { max_age, .. } => max_age.unwrap_or(MAX_PERIOD_S),
         };
         let secs = if secs.is_finite() { secs } else { MAX_PERIOD_S };
         Duration::from_secs_f32(secs.clamp(1.0 / MAX_FPS, MAX_PERIOD_S))

@@ -23,6 +23,7 @@ mod config;
 pub mod convert;
 mod file;
 mod folder;
+mod mqtt;
 mod pattern;
 pub mod scene;
 mod v4l2;

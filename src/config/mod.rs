@@ -437,6 +437,23 @@ impl Config {
         for (i, cam) in self.cameras.iter().enumerate() {
             cam.validate()
                 .map_err(|e| invalid(&format!("camera[{i}]"), e))?;
+            if let crate::camera::SourceConfig::Mqtt { topic, .. } = &cam.source {
+                // Frames must not be mistaken for requests, or blipd's own
+                // publishes for frames.
+                let own = crate::mqtt::topic::under(topic, &m.topic_prefix)
+                    || topic.starts_with('+')
+                    || topic.starts_with('#');
+                if own {
+                    return Err(invalid(
+                        &format!("camera[{i}].topic"),
+                        format!(
+                            "{topic:?} must not start with a wildcard or lie in blipd's own \
+                             tree ({}/...)",
+                            m.topic_prefix
+                        ),
+                    ));
+                }
+            }
             if !names.insert(cam.name.as_str()) {
                 return Err(invalid(
                     &format!("camera[{i}].name"),
@@ -613,6 +630,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("mqtt.cert_file"), "{e}");
+        let e = parse("[limits]\nmax_payload_bytes = 900000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_image_bytes"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_camera_topics() {
+        let cam = |topic: &str, extra: &str| {
+            parse(&format!(
+                "[[camera]]\nname = \"door\"\ntype = \"mqtt\"\ntopic = \"{topic}\"\n{extra}"
+            ))
+        };
+        let c = cam("frigate/door/+/snapshot", "max_age = 60").unwrap();
+        assert_eq!(
+            c.cameras[0].source,
+            crate::camera::SourceConfig::Mqtt {
+                topic: "frigate/door/+/snapshot".into(),
+                max_age: Some(60.0)
+            }
+        );
+        for (topic, extra, key) in [
+            ("blipd/x/ask", "", "camera[0].topic"),
+            ("#", "", "camera[0].topic"),
+            ("+/snapshot", "", "camera[0].topic"),
+            ("cam/#/x", "", "topic"),
+            ("cam", "max_age = 0", "max_age"),
+            ("cam", "fps = 1", "fps"),
+        ] {
+            let e = cam(topic, extra).unwrap_err().to_string();
+            assert!(e.contains(key), "{topic} {extra}: {e}");
+        }
     }
 
     #[test]

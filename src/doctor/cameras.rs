@@ -13,7 +13,13 @@ pub(super) fn camera_checks(cfg: &Config) -> Vec<Check> {
         .map(|c| Camera::spawn(c.clone()))
         .collect();
     let deadline = Instant::now() + WAIT;
-    let mut results: Vec<Option<Result<(u32, u32), String>>> = vec![None; cameras.len()];
+    // An `mqtt` camera's frames come through the daemon's broker session,
+    // which the doctor does not run: it is reported, not waited for.
+    let mut results: Vec<Option<Result<(u32, u32), String>>> = cfg
+        .cameras
+        .iter()
+        .map(|c| matches!(c.source, SourceConfig::Mqtt { .. }).then_some(Ok((0, 0))))
+        .collect();
     loop {
         for (cam, result) in cameras.iter().zip(results.iter_mut()) {
             if let Some(Ok(_)) = result {
@@ -39,6 +45,19 @@ pub(super) fn camera_checks(cfg: &Config) -> Vec<Check> {
         .map(|(c, result)| {
             let name = format!("camera {}", c.name);
             let kind = c.source.kind();
+            if let SourceConfig::Mqtt { topic, max_age } = &c.source {
+                let age = match max_age {
+                    Some(a) => format!("; unavailable {a} s after the last frame"),
+                    None => String::new(),
+                };
+                return Check::ok(
+                    name,
+                    format!(
+                        "mqtt: frames published on {topic}{age} (they reach blipd serve \
+                         through its broker session; see the broker check)"
+                    ),
+                );
+            }
             let (where_, extra) = match &c.source {
                 SourceConfig::File { path, .. } | SourceConfig::Folder { path, .. } => {
                     (format!(" {}", path.display()), None)
@@ -47,7 +66,9 @@ pub(super) fn camera_checks(cfg: &Config) -> Vec<Check> {
                     format!(" {}", device.display()),
                     Some(crate::camera::probe_v4l2(device)),
                 ),
-                SourceConfig::TestPattern { .. } => (String::new(), None),
+                SourceConfig::TestPattern { .. } | SourceConfig::Mqtt { .. } => {
+                    (String::new(), None)
+                }
             };
             let probe_text = extra
                 .as_ref()
@@ -87,7 +108,7 @@ fn camera_fix(
             "check `path` of [[camera]] {name:?}: it must be a readable folder with at least \
              one png, jpeg, bmp or webp image"
         ),
-        SourceConfig::TestPattern { .. } => format!(
+        SourceConfig::TestPattern { .. } | SourceConfig::Mqtt { .. } => format!(
             "check the settings of [[camera]] {name:?} (`blipd check-config` names bad keys)"
         ),
         SourceConfig::V4l2 { .. } => {

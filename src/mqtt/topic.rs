@@ -134,6 +134,43 @@ pub fn check_level(text: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// A configured subscription filter (an `mqtt` camera's topic): a valid
+/// topic apart from wildcards, which must be whole levels (`+` one level,
+/// `#` only last), as MQTT requires.
+pub fn check_filter(filter: &str) -> Result<(), TopicError> {
+    let plain = filter.replace(['+', '#'], "x");
+    check_name(&plain)?;
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        let wild = l.contains('+') || l.contains('#');
+        let whole = *l == "+" || (*l == "#" && i == levels.len() - 1);
+        if wild && !whole {
+            let c = if l.contains('#') { '#' } else { '+' };
+            return Err(TopicError::Wildcard(c));
+        }
+    }
+    Ok(())
+}
+
+/// Does `topic` match the subscription `filter` (MQTT's rules: `+` one
+/// level, `#` the rest, wildcards never match a leading `$`)?
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Is `topic` equal to `root` or inside its tree (`root/...`)?
 pub fn under(topic: &str, root: &str) -> bool {
     topic
@@ -144,6 +181,29 @@ pub fn under(topic: &str, root: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_match_as_mqtt_says() {
+        assert!(matches(
+            "frigate/+/person/snapshot",
+            "frigate/door/person/snapshot"
+        ));
+        assert!(!matches(
+            "frigate/+/person/snapshot",
+            "frigate/door/car/snapshot"
+        ));
+        assert!(matches("cam/#", "cam"));
+        assert!(matches("cam/#", "cam/a/b"));
+        assert!(!matches("cam/+", "cam/a/b"));
+        assert!(!matches("#", "$SYS/x"));
+        assert!(matches("a/b", "a/b") && !matches("a/b", "a/b/c") && !matches("a/b/c", "a/b"));
+        assert!(check_filter("frigate/+/+/snapshot").is_ok());
+        assert!(check_filter("cam/#").is_ok());
+        assert!(check_filter("cam/#/x").is_err());
+        assert!(check_filter("cam/a+").is_err());
+        assert!(check_filter("").is_err());
+        assert!(check_filter("a\u{1}").is_err());
+    }
 
     /// Decodes [`level`]'s percent-encoding (for the round-trip test).
     fn decode(s: &str) -> String {

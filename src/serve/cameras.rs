@@ -5,7 +5,7 @@
 //! job; a job already holding a camera finishes with it (the `Arc` keeps the
 //! old capture thread alive until then).
 
-use crate::camera::{Camera, CameraConfig};
+use crate::camera::{Camera, CameraConfig, SourceConfig};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -36,6 +36,33 @@ impl Cameras {
 
     pub fn names(&self) -> BTreeSet<String> {
         self.read().keys().cloned().collect()
+    }
+
+    /// The topic filters of the `mqtt` cameras (for the session to subscribe).
+    pub fn frame_topics(&self) -> BTreeSet<String> {
+        self.read()
+            .values()
+            .filter_map(|(cfg, _)| match &cfg.source {
+                SourceConfig::Mqtt { topic, .. } => Some(topic.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Hands a publish to every `mqtt` camera whose filter matches `topic`;
+    /// false when none does (it is something else, e.g. a request).
+    pub fn push_frame(&self, topic: &str, payload: &[u8]) -> bool {
+        let map = self.read();
+        let mut encoded: Option<Arc<[u8]>> = None;
+        for (cfg, cam) in map.values() {
+            if let SourceConfig::Mqtt { topic: filter, .. } = &cfg.source {
+                if crate::mqtt::topic::matches(filter, topic) {
+                    let e = encoded.get_or_insert_with(|| payload.into());
+                    cam.push(e.clone());
+                }
+            }
+        }
+        encoded.is_some()
     }
 
     /// Brings the set in line with `configs`: starts new cameras, restarts

@@ -8,6 +8,7 @@ mod flood;
 mod harness;
 mod hostile;
 mod images;
+mod mqtt_camera;
 mod resilience;
 
 use harness::*;

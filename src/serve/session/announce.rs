@@ -20,6 +20,12 @@ impl Session {
         if self.discovery.is_some() {
             filters.push(Filter::new(ha.birth_topic(), QoS::AtMostOnce));
         }
+        // `mqtt` cameras: newest frame only, so QoS 0 is enough.
+        self.frame_topics = self.cfg.cameras.frame_topics();
+        for t in &self.frame_topics {
+            filters.push(Filter::new(t.clone(), QoS::AtMostOnce));
+        }
+        self.subscribed = filters.iter().map(|f| f.path.clone()).collect();
         if let Err(e) = self.client.try_subscribe_many(filters) {
             tracing::error!(error = ?e, "cannot subscribe");
         }

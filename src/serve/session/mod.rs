@@ -115,6 +115,10 @@ pub struct Session {
     outage_logged: bool,
     /// When to subscribe again after the broker refused the request subscription.
     subscribe_retry: Option<Instant>,
+    /// The filters of the last SUBSCRIBE, in order (to name refusals).
+    subscribed: Vec<String>,
+    /// The `mqtt` cameras' topics subscribed to.
+    frame_topics: BTreeSet<String>,
     watches: Watches,
     discovery: Option<Discovery>,
     stats: Stats,
@@ -151,6 +155,8 @@ impl Session {
             ready_sent: false,
             outage_logged: false,
             subscribe_retry: None,
+            subscribed: Vec::new(),
+            frame_topics: BTreeSet::new(),
         };
         s.serving_status_update();
         s
@@ -327,21 +333,12 @@ impl Session {
                     self.subscription_refused(&format!("{refusal:?}"));
                     return false;
                 }
-                for (code, what) in ack
-                    .return_codes
-                    .iter()
-                    .zip([
-                        "watch states",
-                        "Home Assistant configs",
-                        "Home Assistant status",
-                    ])
-                    .skip(1)
-                {
+                for (code, filter) in ack.return_codes.iter().zip(&self.subscribed).skip(1) {
                     if !matches!(
                         code,
                         rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
                     ) {
-                        tracing::warn!(subscription = what, reason = ?code, "the broker refused a subscription");
+                        tracing::warn!(filter, reason = ?code, "the broker refused a subscription");
                     }
                 }
                 self.subscribe_retry = None;

@@ -80,7 +80,13 @@ impl Session {
         for topic in old_entities.difference(&new_entities) {
             self.clear_retained(topic.clone());
         }
-        if ha_changed {
+        let frame_topics = self.cfg.cameras.frame_topics();
+        for gone in self.frame_topics.difference(&frame_topics) {
+            if let Err(e) = self.client.try_unsubscribe(gone.clone()) {
+                tracing::warn!(error = ?e, topic = gone, "cannot unsubscribe");
+            }
+        }
+        if ha_changed || frame_topics != self.frame_topics {
             self.subscribe();
         }
         self.serving_status_update();

@@ -45,6 +45,20 @@ impl Session {
             }
             return;
         }
+        if topic != self.cfg.topics.ask {
+            // Requests come only on the ask topic; anything else is a frame
+            // for an `mqtt` camera, or a leftover of a removed one. A
+            // retained frame is of unknown age: only live ones count.
+            let live = !p.retain && !p.payload.is_empty();
+            if !(live && self.cfg.cameras.push_frame(&topic, &p.payload)) {
+                tracing::debug!(
+                    topic,
+                    retain = p.retain,
+                    "ignoring a publish that is no request"
+                );
+            }
+            return;
+        }
         self.on_request(p);
     }
 
