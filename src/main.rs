@@ -96,6 +96,13 @@ struct AskArgs {
     /// of an image file; `models/scenes.py SEED` draws the same picture.
     #[arg(long, value_name = "SEED", conflicts_with = "mqtt")]
     scene: Option<u64>,
+    /// The answer must be exactly one of these (comma-separated), e.g.
+    /// `--choices yes,no`: greedy within them (llama.cpp's grammar sampler).
+    #[arg(long, value_delimiter = ',', conflicts_with = "format")]
+    choices: Option<Vec<String>>,
+    /// The answer must be a `number` or `json` (an object).
+    #[arg(long, value_parser = ["number", "json"])]
+    format: Option<String>,
     /// Ask the daemon behind this broker instead (mqtt://host:port).
     #[arg(long)]
     mqtt: Option<String>,
@@ -288,6 +295,7 @@ fn ask(a: AskArgs) -> Result<()> {
     if let Some(t) = a.temperature {
         params.sampling = Some(sampler_params(&a, t)?);
     }
+    params.constraint = answer_constraint(&a)?.map(std::sync::Arc::new);
     let img = match (&a.image, a.scene) {
         (Some(image), _) => blipd::preprocess::load_rgb(image)?,
         (None, Some(seed)) => {
@@ -329,6 +337,7 @@ fn ask_remote(a: AskArgs) -> Result<()> {
     if let Some(t) = a.temperature {
         sampler_params(&a, t)?;
     }
+    answer_constraint(&a)?;
     let device_id = a
         .device
         .clone()
@@ -353,6 +362,8 @@ fn ask_remote(a: AskArgs) -> Result<()> {
         top_k: a.temperature.map(|_| a.top_k),
         seed: a.temperature.map(|_| a.seed),
         stream: a.stream,
+        choices: a.choices.clone(),
+        format: a.format.clone(),
         snapshot: a.snapshot.is_some(),
         response_topic: None,
     };
@@ -440,6 +451,16 @@ fn doctor(d: DoctorArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--choices` / `--format`, checked as the daemon checks a request's.
+fn answer_constraint(a: &AskArgs) -> Result<Option<blipd::llm::Constraint>> {
+    let req = blipd::mqtt::wire::Request {
+        choices: a.choices.clone(),
+        format: a.format.clone(),
+        ..Default::default()
+    };
+    blipd::serve::intake::constraint(&req).map_err(|(_, m)| anyhow::anyhow!("{m}"))
 }
 
 /// `--threads N`: at least 1.

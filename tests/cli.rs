@@ -138,6 +138,7 @@ fn quantized_bundle_loads_and_answers() {
     let params = blipd::llm::GenerateParams {
         max_new_tokens: g.max_new_tokens,
         sampling: None,
+        constraint: None,
     };
     for case in &g.cases {
         let img = blipd::preprocess::load_rgb(&image_path(&case.image)).unwrap();

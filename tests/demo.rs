@@ -72,6 +72,7 @@ fn score(bundle: &Path, g: &Goldens, check_goldens: bool) -> Scores {
     let params = GenerateParams {
         max_new_tokens: g.max_new_tokens,
         sampling: None,
+        constraint: None,
     };
     let mut scores = Scores::new();
     let mut goldens = 0;
@@ -219,4 +220,105 @@ fn demo_bundle_answers_held_out_scenes_like_the_reference() {
         .collect();
     assert_close("q8_0 vs f32", &q8_scores, &f32_pct, 3.0);
     assert_close("q4_k_m vs f32", &q4_scores, &f32_pct, 6.0);
+}
+
+/// The choices an automation would offer for a question of `qtype`.
+fn choices_for(qtype: &str, prompt: &str) -> Option<Vec<String>> {
+    let words = |w: &[&str]| Some(w.iter().map(|s| s.to_string()).collect());
+    match qtype {
+        "exists" => words(&["yes", "no"]),
+        "color" => words(&["red", "green", "blue", "yellow"]),
+        "count_shape" | "count_color" => words(&["zero", "one", "two", "three"]),
+        "left" => {
+            // "Which is further left, the A or the B?"
+            let rest = prompt.split_once(", the ")?.1.strip_suffix('?')?;
+            let (a, b) = rest.split_once(" or the ")?;
+            Some(vec![a.to_string(), b.to_string()])
+        }
+        _ => None,
+    }
+}
+
+/// Constrained answers (issue: answers an automation can branch on): over
+/// held-out scenes every `choices` answer is exactly one of the choices and
+/// every `format = "number"` answer parses as a number; the choices keep the
+/// reference's accuracy (greedy within the choices can only turn an answer
+/// outside them into one inside). Constrained answers deliberately may
+/// differ from the reference's free text; the unconstrained path is held to
+/// it above.
+#[test]
+fn constrained_answers_conform_and_keep_the_accuracy() {
+    use blipd::llm::Constraint;
+    use std::sync::Arc;
+    const PER_TYPE: usize = 300;
+    let g = goldens();
+    let opts = PipelineOptions::default().with_threads(2);
+    let mut p = Pipeline::load(demo_dir(), &opts).unwrap();
+    let mut taken: BTreeMap<&str, usize> = BTreeMap::new();
+    // Per type: (constrained right, reference right, asked).
+    let mut scores: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    let (mut numbers, mut numeric) = (0, 0);
+    for case in &g.cases {
+        let Some(choices) = choices_for(&case.qtype, &case.prompt) else {
+            continue;
+        };
+        let n = taken.entry(case.qtype.as_str()).or_default();
+        if *n == PER_TYPE {
+            continue;
+        }
+        *n += 1;
+        let img = Scene::sample(case.seed).render(g.eval_size[0], g.eval_size[1]);
+        let frame = p.image_features(&img).unwrap();
+        let params = GenerateParams {
+            max_new_tokens: g.max_new_tokens,
+            sampling: None,
+            constraint: Some(Arc::new(Constraint::Choices(choices.clone()))),
+        };
+        let a = p.answer(&frame, &case.prompt, &params, |_| {}).unwrap();
+        assert!(
+            choices.contains(&a.text),
+            "seed {} {:?}: {:?} is none of {choices:?}",
+            case.seed,
+            case.prompt,
+            a.text
+        );
+        let s = scores.entry(case.qtype.clone()).or_default();
+        s.0 += usize::from(a.text == case.answer);
+        s.1 += usize::from(case.reference_correct);
+        s.2 += 1;
+        if case.qtype.starts_with("count") {
+            let params = GenerateParams {
+                constraint: Some(Arc::new(Constraint::Number)),
+                ..params
+            };
+            let a = p.answer(&frame, &case.prompt, &params, |_| {}).unwrap();
+            assert!(a.text.parse::<f64>().is_ok(), "{:?} is no number", a.text);
+            let want = ["zero", "one", "two", "three"]
+                .iter()
+                .position(|w| *w == case.answer)
+                .unwrap();
+            numbers += 1;
+            numeric += usize::from(a.text == want.to_string());
+        }
+    }
+    let mut table =
+        String::from("| question type | choices | free text (reference) |\n|---|---|---|");
+    for (qtype, (right, reference, n)) in &scores {
+        let pct = |x: usize| 100.0 * x as f64 / *n as f64;
+        table += &format!(
+            "\n| {qtype} | {right}/{n} ({:.1} %) | {reference}/{n} ({:.1} %) |",
+            pct(*right),
+            pct(*reference)
+        );
+        assert!(
+            right >= reference,
+            "{qtype}: constrained {right}/{n} below the reference's {reference}/{n}"
+        );
+    }
+    println!("{table}");
+    println!(
+        "format = number on count questions: {numeric}/{numbers} right (the demo model \
+         was trained to answer counts in words)"
+    );
+    assert_eq!(scores.len(), 5);
 }

@@ -167,6 +167,7 @@ fn empty_and_too_long_instructions() {
     let params = GenerateParams {
         max_new_tokens: 4,
         sampling: None,
+        constraint: None,
     };
     for empty in ["", "   ", "\n\t"] {
         let e = p.ask(&img, empty, &params).unwrap_err();

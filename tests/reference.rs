@@ -121,6 +121,7 @@ fn greedy_tokens_identical_to_reference() {
         let params = GenerateParams {
             max_new_tokens: g.max_new_tokens,
             sampling: None,
+            constraint: None,
         };
         for case in &g.cases {
             let img = load_rgb(&image_path(&case.image)).unwrap();
@@ -150,6 +151,7 @@ fn cached_features_answer_like_full_runs() {
     let params = GenerateParams {
         max_new_tokens: g.max_new_tokens,
         sampling: None,
+        constraint: None,
     };
     let img = load_rgb(&image_path("garage.png")).unwrap();
     let frame = p.image_features(&img).unwrap();
@@ -171,6 +173,7 @@ fn streaming_callback_sees_every_token_in_order() {
     let params = GenerateParams {
         max_new_tokens: g.max_new_tokens,
         sampling: None,
+        constraint: None,
     };
     let a = p
         .answer(&frame, &case.prompt, &params, |t| seen.push(t))
@@ -192,6 +195,7 @@ fn sampling_is_seeded_and_bounded() {
             repeat_penalty: 1.1,
             seed: 42,
         }),
+        constraint: None,
     };
     let a = p.ask(&img, "What is in the picture?", &params).unwrap();
     let b = p.ask(&img, "What is in the picture?", &params).unwrap();

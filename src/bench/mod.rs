@@ -136,6 +136,7 @@ pub fn run(
     let params = GenerateParams {
         max_new_tokens: bench.tokens,
         sampling: None,
+        constraint: None,
     };
     let first = p.prepare(&bench.prompt)?;
     let second = p.prepare(&bench.second_prompt)?;

@@ -29,6 +29,8 @@ pub enum LlamaError {
     EmbeddingShape { got: usize, n_embd: usize },
     #[error("quantization of {input} failed (llama_model_quantize returned {code})")]
     Quantize { input: String, code: u32 },
+    #[error("llama.cpp refused the answer grammar (a bug in blipd's grammar for it)")]
+    Grammar,
 }
 
 static BACKEND: Once = Once::new();
@@ -394,22 +396,56 @@ pub struct Sampler {
 unsafe impl Send for Sampler {}
 
 impl Sampler {
-    /// Argmax (ties to the lowest id, as `torch.argmax`), what the reference does by default.
-    pub fn greedy() -> Self {
-        // SAFETY: returns a new owned chain; the greedy sampler is moved into it.
-        unsafe {
-            let chain = sys::llama_sampler_chain_init(sys::llama_sampler_chain_default_params());
-            sys::llama_sampler_chain_add(chain, sys::llama_sampler_init_greedy());
-            Self {
-                ptr: NonNull::new(chain).expect("llama_sampler_chain_init never returns NULL"),
+    /// An empty chain, constrained first (before any token is picked) by a
+    /// GBNF grammar when one is given: llama.cpp's grammar sampler masks
+    /// every token that would leave the grammar, end-of-sequence included
+    /// until the grammar is complete.
+    fn chain(grammar: Option<(&Model, &str)>) -> Result<Self, LlamaError> {
+        // SAFETY: returns a new owned chain (never NULL).
+        let chain =
+            unsafe { sys::llama_sampler_chain_init(sys::llama_sampler_chain_default_params()) };
+        let s = Self {
+            ptr: NonNull::new(chain).expect("llama_sampler_chain_init never returns NULL"),
+        };
+        if let Some((model, text)) = grammar {
+            let text = CString::new(text).map_err(|_| LlamaError::Grammar)?;
+            // SAFETY: valid vocab (kept alive by `model` for the call; the
+            // grammar sampler copies what it needs) and NUL-terminated strings.
+            let g = unsafe {
+                sys::llama_sampler_init_grammar(
+                    model.vocab.as_ptr(),
+                    text.as_ptr(),
+                    c"root".as_ptr(),
+                )
+            };
+            if g.is_null() {
+                return Err(LlamaError::Grammar);
             }
+            // SAFETY: the chain takes ownership of the grammar sampler.
+            unsafe { sys::llama_sampler_chain_add(s.ptr.as_ptr(), g) };
         }
+        Ok(s)
     }
 
-    pub fn sampling(p: SamplerParams, n_vocab: usize, penalty_window: usize) -> Self {
-        // SAFETY: returns a new owned chain; each added sampler is owned by it.
+    /// Argmax (ties to the lowest id, as `torch.argmax`), what the reference
+    /// does by default; within `grammar` when one is given.
+    pub fn greedy(grammar: Option<(&Model, &str)>) -> Result<Self, LlamaError> {
+        let s = Self::chain(grammar)?;
+        // SAFETY: valid chain; the greedy sampler is moved into it.
+        unsafe { sys::llama_sampler_chain_add(s.ptr.as_ptr(), sys::llama_sampler_init_greedy()) };
+        Ok(s)
+    }
+
+    pub fn sampling(
+        p: SamplerParams,
+        n_vocab: usize,
+        penalty_window: usize,
+        grammar: Option<(&Model, &str)>,
+    ) -> Result<Self, LlamaError> {
+        let s = Self::chain(grammar)?;
+        let chain = s.ptr.as_ptr();
+        // SAFETY: valid chain; each added sampler is owned by it.
         unsafe {
-            let chain = sys::llama_sampler_chain_init(sys::llama_sampler_chain_default_params());
             if p.repeat_penalty != 1.0 {
                 sys::llama_sampler_chain_add(
                     chain,
@@ -430,10 +466,8 @@ impl Sampler {
                 sys::llama_sampler_chain_add(chain, sys::llama_sampler_init_top_p(p.top_p, 1));
             }
             sys::llama_sampler_chain_add(chain, sys::llama_sampler_init_dist(p.seed));
-            Self {
-                ptr: NonNull::new(chain).expect("llama_sampler_chain_init never returns NULL"),
-            }
         }
+        Ok(s)
     }
 
     /// Records tokens that are already in the sequence (for the repetition penalty).

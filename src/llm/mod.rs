@@ -8,9 +8,11 @@
 //! own Hugging Face tokenizer from the bundle, so the ids and text are the
 //! reference's, including its byte-fallback and special-token rules.
 
+mod constraint;
 pub mod ffi;
 
 use crate::bundle::{Bundle, GenerationSpec, LlmSpec};
+pub use constraint::Constraint;
 use ffi::{Context, ContextParams, LlamaError, Model, Sampler};
 pub use ffi::{ModelParams, SamplerParams};
 use std::sync::Arc;
@@ -69,11 +71,13 @@ pub fn default_threads() -> i32 {
 }
 
 /// How to pick tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GenerateParams {
     pub max_new_tokens: usize,
     /// `None` = greedy (the reference's default).
     pub sampling: Option<SamplerParams>,
+    /// `None` = free text (token-identical to the reference when greedy).
+    pub constraint: Option<Arc<Constraint>>,
 }
 
 impl GenerateParams {
@@ -88,6 +92,7 @@ impl GenerateParams {
                 repeat_penalty: g.repetition_penalty,
                 seed: 0,
             }),
+            constraint: None,
         }
     }
 }
@@ -261,10 +266,19 @@ impl Llm {
         self.ctx.decode_tokens(&ids, n_query as i32)?;
         let mut pos = (n_query + ids.len()) as i32;
 
+        let grammar = params.constraint.as_ref().map(|c| c.grammar());
+        let grammar = grammar.as_deref().map(|g| (&**self.ctx.model(), g));
+        let max_new_tokens = params
+            .constraint
+            .as_ref()
+            .map_or(params.max_new_tokens, |c| {
+                params.max_new_tokens.max(c.min_tokens())
+            });
         let mut sampler = match params.sampling {
-            None => Sampler::greedy(),
+            None => Sampler::greedy(grammar)?,
             Some(p) => {
-                let mut s = Sampler::sampling(p, self.ctx.model().n_vocab(), self.n_ctx());
+                let mut s =
+                    Sampler::sampling(p, self.ctx.model().n_vocab(), self.n_ctx(), grammar)?;
                 // transformers' repetition penalty covers the whole input:
                 // the image placeholders and the prompt.
                 if let Some(img) = self.image_token_id {
@@ -275,11 +289,11 @@ impl Llm {
             }
         };
 
-        let mut tokens = Vec::with_capacity(params.max_new_tokens);
+        let mut tokens = Vec::with_capacity(max_new_tokens);
         let mut stop = StopReason::MaxTokens;
         let mut prefill = Duration::ZERO;
         let mut decode_start = None;
-        while tokens.len() < params.max_new_tokens {
+        while tokens.len() < max_new_tokens {
             let next = sampler.sample(&mut self.ctx);
             if prefill.is_zero() {
                 prefill = t0.elapsed();
@@ -292,7 +306,7 @@ impl Llm {
             }
             tokens.push(next_u);
             on_token(next_u);
-            if tokens.len() == params.max_new_tokens {
+            if tokens.len() == max_new_tokens {
                 break;
             }
             if pos as usize >= self.n_ctx() {
@@ -303,7 +317,10 @@ impl Llm {
             pos += 1;
         }
         let decode = decode_start.map(|s| s.elapsed()).unwrap_or_default();
-        let text = self.detokenize(&tokens);
+        let mut text = self.detokenize(&tokens);
+        if let Some(c) = &params.constraint {
+            text = c.clean(&text);
+        }
         Ok(Generation {
             tokens,
             text,

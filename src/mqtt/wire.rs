@@ -50,6 +50,12 @@ pub struct Request {
     pub seed: Option<u32>,
     #[serde(default)]
     pub stream: bool,
+    /// The answer must be exactly one of these (greedy within them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<Vec<String>>,
+    /// `"number"` or `"json"`: the answer must be one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
     /// Also publish the JPEG of the answered frame (see [`SnapshotInfo`]).
     #[serde(default)]
     pub snapshot: bool,

@@ -6,7 +6,7 @@
 //! reply target -> id -> dedupe -> validate -> queue.
 
 use crate::config::Config;
-use crate::llm::{GenerateParams, SamplerParams};
+use crate::llm::{Constraint, GenerateParams, SamplerParams};
 use crate::mqtt::wire::{ErrorCode, Request};
 use crate::mqtt::{topic, Topics};
 use crate::serve::worker::ReplyTo;
@@ -167,6 +167,7 @@ pub fn validate(
     sampling
         .validate()
         .map_err(|m| (ErrorCode::LimitExceeded, m))?;
+    constraint(req)?;
     let Some(camera) = camera else {
         // The request carries its picture ([`image`]).
         return Ok(());
@@ -246,9 +247,53 @@ pub fn image(cfg: &Config, req: &Request) -> Result<Option<std::sync::Arc<[u8]>>
     Ok(Some(bytes.into()))
 }
 
+/// Most choices a request may offer, and longest choice in bytes.
+pub const MAX_CHOICES: usize = 32;
+pub const MAX_CHOICE_BYTES: usize = 64;
+
+/// The answer constraint of a request (`choices` or `format`), checked.
+pub fn constraint(req: &Request) -> Result<Option<Constraint>, Refusal> {
+    let bad = |m: String| Err((ErrorCode::BadRequest, m));
+    match (&req.choices, req.format.as_deref()) {
+        (Some(_), Some(_)) => bad("give `choices` or `format`, not both".into()),
+        (None, None) => Ok(None),
+        (None, Some("number")) => Ok(Some(Constraint::Number)),
+        (None, Some("json")) => Ok(Some(Constraint::Json)),
+        (None, Some(f)) => bad(format!(
+            "`format` must be \"number\" or \"json\", not {:?}",
+            shorten(f)
+        )),
+        (Some(c), None) => {
+            if c.is_empty() || c.len() > MAX_CHOICES {
+                return bad(format!("`choices` must hold 1 to {MAX_CHOICES} strings"));
+            }
+            let mut seen = BTreeSet::new();
+            for choice in c {
+                let ok = !choice.trim().is_empty()
+                    && choice.trim() == choice
+                    && choice.len() <= MAX_CHOICE_BYTES
+                    && !choice.chars().any(char::is_control);
+                if !ok {
+                    return bad(format!(
+                        "each choice must be 1 to {MAX_CHOICE_BYTES} bytes of text without \
+                         control characters or surrounding spaces, not {:?}",
+                        shorten(choice)
+                    ));
+                }
+                if !seen.insert(choice.as_str()) {
+                    return bad(format!("choice {:?} is given twice", shorten(choice)));
+                }
+            }
+            Ok(Some(Constraint::Choices(c.clone())))
+        }
+    }
+}
+
 /// The generation parameters of a valid request.
 pub fn params(req: &Request, default: GenerateParams) -> GenerateParams {
     let mut params = default;
+    // Validated by `validate` before.
+    params.constraint = constraint(req).ok().flatten().map(std::sync::Arc::new);
     if let Some(n) = req.max_tokens {
         params.max_new_tokens = n;
     }
@@ -395,6 +440,48 @@ mod tests {
             ErrorCode::LimitExceeded
         );
         assert_eq!(shorten(&"é".repeat(100)).chars().count(), 67);
+    }
+
+    #[test]
+    fn answer_constraints() {
+        let req = |choices: Option<&[&str]>, format: Option<&str>| Request {
+            prompt: "hi".into(),
+            choices: choices.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            format: format.map(str::to_string),
+            ..Default::default()
+        };
+        assert_eq!(
+            constraint(&req(Some(&["yes", "no"]), None)).unwrap(),
+            Some(Constraint::Choices(vec!["yes".into(), "no".into()]))
+        );
+        assert_eq!(
+            constraint(&req(None, Some("number"))).unwrap(),
+            Some(Constraint::Number)
+        );
+        assert_eq!(
+            constraint(&req(None, Some("json"))).unwrap(),
+            Some(Constraint::Json)
+        );
+        assert_eq!(constraint(&req(None, None)).unwrap(), None);
+        let long = "x".repeat(65);
+        for (c, f) in [
+            (Some(&[][..]), None),
+            (Some(&["yes", "yes"][..]), None),
+            (Some(&[" yes"][..]), None),
+            (Some(&["a\u{1}"][..]), None),
+            (Some(&[long.as_str()][..]), None),
+            (Some(&["yes"][..]), Some("number")),
+            (None, Some("xml")),
+        ] {
+            assert_eq!(
+                constraint(&req(c, f)).unwrap_err().0,
+                ErrorCode::BadRequest,
+                "{c:?} {f:?}"
+            );
+        }
+        let many: Vec<String> = (0..33).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(constraint(&req(Some(&many), None)).is_err());
     }
 
     #[test]

@@ -199,7 +199,7 @@ impl Watches {
         &mut self,
         now: Instant,
         cameras: &Cameras,
-        params: GenerateParams,
+        params: &GenerateParams,
         mut next_id: impl FnMut() -> String,
     ) -> Vec<Job> {
         let mut jobs = Vec::new();
@@ -256,7 +256,7 @@ impl Watches {
             if let Some(every) = w.cfg.every {
                 w.next_scheduled = Some(now + every);
             }
-            let mut params = params;
+            let mut params = params.clone();
             if let Some(n) = w.cfg.max_tokens {
                 params.max_new_tokens = n;
             }
@@ -409,8 +409,9 @@ mod tests {
         let p = GenerateParams {
             max_new_tokens: 4,
             sampling: None,
+            constraint: None,
         };
-        let jobs = w.due(t0, &cams, p, &mut id);
+        let jobs = w.due(t0, &cams, &p, &mut id);
         assert_eq!(jobs.len(), 1);
         assert!(matches!(
             &jobs[0].origin,
@@ -421,7 +422,7 @@ mod tests {
         ));
         // Pending: not again, even when due.
         assert!(w
-            .due(t0 + std::time::Duration::from_secs(11), &cams, p, &mut id)
+            .due(t0 + std::time::Duration::from_secs(11), &cams, &p, &mut id)
             .is_empty());
         let o = w
             .finished("w", Trigger::Start, &answer("no"), None)
@@ -430,9 +431,9 @@ mod tests {
         assert_eq!(o.state.matched, Some(false));
         assert!(o.event.is_none(), "'no' does not match only_if");
         assert!(w
-            .due(t0 + std::time::Duration::from_secs(5), &cams, p, &mut id)
+            .due(t0 + std::time::Duration::from_secs(5), &cams, &p, &mut id)
             .is_empty());
-        let jobs = w.due(t0 + std::time::Duration::from_secs(10), &cams, p, &mut id);
+        let jobs = w.due(t0 + std::time::Duration::from_secs(10), &cams, &p, &mut id);
         assert!(matches!(
             &jobs[0].origin,
             Origin::Watch {
@@ -449,13 +450,13 @@ mod tests {
             ("Yes", Some("no"))
         );
         // Same answer again: state, no event.
-        w.due(t0 + std::time::Duration::from_secs(20), &cams, p, &mut id);
+        w.due(t0 + std::time::Duration::from_secs(20), &cams, &p, &mut id);
         let o = w
             .finished("w", Trigger::Schedule, &answer("Yes"), None)
             .unwrap();
         assert!(o.event.is_none());
         // A failed run keeps the last answer and reports the error.
-        w.due(t0 + std::time::Duration::from_secs(30), &cams, p, &mut id);
+        w.due(t0 + std::time::Duration::from_secs(30), &cams, &p, &mut id);
         let err = Err(ErrorReply::new(
             "x",
             ErrorCode::CameraUnavailable,
@@ -479,9 +480,10 @@ mod tests {
         w.due(
             t0,
             &cams,
-            GenerateParams {
+            &GenerateParams {
                 max_new_tokens: 4,
                 sampling: None,
+                constraint: None,
             },
             || "1".into(),
         );

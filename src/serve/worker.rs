@@ -576,6 +576,7 @@ mod tests {
             params: GenerateParams {
                 max_new_tokens: 1,
                 sampling: None,
+                constraint: None,
             },
             snapshot: false,
             origin: if watch {

@@ -4,6 +4,7 @@
 //! the zero-config embedded broker.
 
 mod appliance;
+mod constrained;
 mod flood;
 mod harness;
 mod hostile;

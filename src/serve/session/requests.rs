@@ -216,7 +216,7 @@ impl Session {
             id: id.clone(),
             camera: camera.clone(),
             image,
-            params: intake::params(&req, self.cfg.default_params),
+            params: intake::params(&req, self.cfg.default_params.clone()),
             prompt: req.prompt,
             snapshot: req.snapshot,
             origin: Origin::Request {

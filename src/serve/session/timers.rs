@@ -16,7 +16,7 @@ impl Session {
                 let mut auto_id = self.auto_id;
                 let jobs =
                     self.watches
-                        .due(now, &self.cfg.cameras, self.cfg.default_params, || {
+                        .due(now, &self.cfg.cameras, &self.cfg.default_params, || {
                             auto_id += 1;
                             auto_id.to_string()
                         });
