@@ -83,55 +83,6 @@ pub struct Config {
     pub stats: StatsConfig,
 }
 
-/// A standing question (`[[watch]]`): asked on a schedule and/or when the
-/// picture changes; the answer is published retained, and an event when it
-/// changes.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct WatchConfig {
-    /// Topic level and Home Assistant object id: `[A-Za-z0-9_-]+`.
-    pub name: String,
-    /// Default: the default camera.
-    #[serde(default)]
-    pub camera: Option<String>,
-    pub prompt: String,
-    /// Ask at this interval ("30s", "5m", "1h 30m").
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub every: Option<Duration>,
-    /// Ask when the picture changed by at least this fraction (0-1: mean
-    /// absolute difference of a small grey thumbnail, 0.05 is a person
-    /// walking through a 640x480 frame).
-    #[serde(default)]
-    pub on_change: Option<f32>,
-    /// How often frames are compared for `on_change`.
-    #[serde(default = "default_check_every", with = "duration")]
-    pub check_every: Duration,
-    /// Change-triggered runs are at least this far apart (a flickering
-    /// light must not monopolise the model).
-    #[serde(default = "default_min_interval", with = "duration")]
-    pub min_interval: Duration,
-    /// Regular expression: an event is published only when a new answer
-    /// matches it (e.g. `"(?i)^yes"`). The retained state is always updated.
-    #[serde(default)]
-    pub only_if: Option<String>,
-    #[serde(default)]
-    pub max_tokens: Option<usize>,
-    /// Also publish the JPEG of the answered frame.
-    #[serde(default)]
-    pub snapshot: bool,
-}
-
-fn default_check_every() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_min_interval() -> Duration {
-    Duration::from_secs(5)
-}
-
 /// Home Assistant MQTT discovery.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -206,42 +157,13 @@ impl Default for StatsConfig {
     }
 }
 
-/// Durations as humantime strings ("30s", "5m", "1h 30m").
-mod duration {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration like \"30s\" or \"5m\": {e}"
-            ))
-        })
-    }
-}
-
-mod opt_duration {
-    use serde::{Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::duration::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        super::duration::deserialize(d).map(Some)
-    }
-}
-
 pub use crate::mqtt::options::{BrokerUrl, MqttConfig};
+pub use watch::WatchConfig;
+
+mod durations;
+mod watch;
+
+use durations::duration;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -472,73 +394,13 @@ impl Config {
         let mut watch_names = std::collections::BTreeSet::new();
         for (i, w) in self.watches.iter().enumerate() {
             let key = |k: &str| format!("watch[{i}].{k}");
-            if w.name.is_empty()
-                || !w
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(invalid(
-                    &key("name"),
-                    format!("{:?} must be letters, digits, '_' or '-'", w.name),
-                ));
-            }
+            w.validate(&names, l)
+                .map_err(|(k, m)| invalid(&key(k), m))?;
             if !watch_names.insert(w.name.as_str()) {
                 return Err(invalid(
                     &key("name"),
                     format!("duplicate watch name {:?}", w.name),
                 ));
-            }
-            if let Some(c) = &w.camera {
-                if !names.contains(c.as_str()) {
-                    return Err(invalid(
-                        &key("camera"),
-                        format!("no [[camera]] is named {c:?}"),
-                    ));
-                }
-            }
-            if w.prompt.trim().is_empty() || w.prompt.chars().count() > l.max_prompt_chars {
-                return Err(invalid(
-                    &key("prompt"),
-                    format!(
-                        "must be 1..={} characters (limits.max_prompt_chars)",
-                        l.max_prompt_chars
-                    ),
-                ));
-            }
-            if w.every.is_none() && w.on_change.is_none() {
-                return Err(invalid(
-                    &key("every"),
-                    "a watch needs `every` (a schedule), `on_change` (a threshold) or both".into(),
-                ));
-            }
-            if w.every.is_some_and(|d| d < Duration::from_secs(1)) {
-                return Err(invalid(&key("every"), "must be at least 1s".into()));
-            }
-            if let Some(t) = w.on_change {
-                if !(t > 0.0 && t <= 1.0) {
-                    return Err(invalid(
-                        &key("on_change"),
-                        format!("must be in (0, 1], got {t}"),
-                    ));
-                }
-            }
-            if w.check_every < Duration::from_millis(100) {
-                return Err(invalid(
-                    &key("check_every"),
-                    "must be at least 100ms".into(),
-                ));
-            }
-            if let Some(re) = &w.only_if {
-                regex::Regex::new(re).map_err(|e| invalid(&key("only_if"), e.to_string()))?;
-            }
-            if let Some(n) = w.max_tokens {
-                if n == 0 || n > l.max_tokens {
-                    return Err(invalid(
-                        &key("max_tokens"),
-                        format!("must be 1..={} (limits.max_tokens)", l.max_tokens),
-                    ));
-                }
             }
         }
         check_topic_level(&self.homeassistant.prefix)

@@ -32,7 +32,53 @@ number ::= "-"? ([0-9] | [1-9] [0-9]*) ("." [0-9]+)? ([eE] [-+]? [0-9]+)? ws
 ws     ::= | " " | "\n" [ \t]*
 "#;
 
+/// Most choices an answer may be constrained to, and longest choice in bytes.
+pub const MAX_CHOICES: usize = 32;
+pub const MAX_CHOICE_BYTES: usize = 64;
+
 impl Constraint {
+    /// The constraint of a request or watch: `choices` or `format`
+    /// (`"number"`, `"json"`), checked; `None` for free text.
+    pub fn from_parts(
+        choices: Option<&[String]>,
+        format: Option<&str>,
+    ) -> Result<Option<Self>, String> {
+        let short = |s: &str| s.chars().take(40).collect::<String>();
+        match (choices, format) {
+            (Some(_), Some(_)) => Err("give `choices` or `format`, not both".into()),
+            (None, None) => Ok(None),
+            (None, Some("number")) => Ok(Some(Constraint::Number)),
+            (None, Some("json")) => Ok(Some(Constraint::Json)),
+            (None, Some(f)) => Err(format!(
+                "`format` must be \"number\" or \"json\", not {:?}",
+                short(f)
+            )),
+            (Some(c), None) => {
+                if c.is_empty() || c.len() > MAX_CHOICES {
+                    return Err(format!("`choices` must hold 1 to {MAX_CHOICES} strings"));
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for choice in c {
+                    let ok = !choice.trim().is_empty()
+                        && choice.trim() == choice
+                        && choice.len() <= MAX_CHOICE_BYTES
+                        && !choice.chars().any(char::is_control);
+                    if !ok {
+                        return Err(format!(
+                            "each choice must be 1 to {MAX_CHOICE_BYTES} bytes of text without \
+                             control characters or surrounding spaces, not {:?}",
+                            short(choice)
+                        ));
+                    }
+                    if !seen.insert(choice.as_str()) {
+                        return Err(format!("choice {:?} is given twice", short(choice)));
+                    }
+                }
+                Ok(Some(Constraint::Choices(c.to_vec())))
+            }
+        }
+    }
+
     /// The GBNF grammar (root rule `root`).
     pub fn grammar(&self) -> String {
         let mut g = String::from(LEAD);

@@ -83,6 +83,23 @@ impl Topics {
         (!rest.is_empty() && !rest.contains('/')).then_some(rest)
     }
 
+    /// Publishing anything here runs the watch now (Home Assistant's button).
+    pub fn watch_run(&self, name: &str) -> String {
+        format!("{}/watch/{name}/run", self.base)
+    }
+
+    /// Filter matching every watch's run topic.
+    pub fn watch_run_filter(&self) -> String {
+        format!("{}/watch/+/run", self.base)
+    }
+
+    /// The watch name of a run topic.
+    pub fn watch_run_name<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let rest = topic.strip_prefix(&self.base)?.strip_prefix("/watch/")?;
+        let name = rest.strip_suffix("/run")?;
+        (!name.is_empty() && !name.contains('/')).then_some(name)
+    }
+
     /// Change events of a watch.
     pub fn watch_event(&self, name: &str) -> String {
         format!("{}/watch/{name}/event", self.base)

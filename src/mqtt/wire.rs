@@ -73,6 +73,8 @@ pub enum Trigger {
     Start,
     Schedule,
     Change,
+    /// Asked now: the watch's Home Assistant button, or a `run` publish.
+    Manual,
 }
 
 /// Error codes of [`ErrorReply`]; stable strings clients can match on.

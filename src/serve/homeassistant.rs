@@ -10,6 +10,7 @@
 //! by a reload, or while the daemon was stopped, disappears from Home Assistant.
 
 use crate::config::WatchConfig;
+use crate::llm::Constraint;
 use crate::mqtt::Topics;
 use serde_json::{json, Value};
 
@@ -99,20 +100,73 @@ impl Discovery {
             format!("{}_{}", self.node_id, w.name),
         );
         sensor.insert("state_topic".into(), state.clone().into());
-        // Home Assistant refuses states over 255 characters.
-        sensor.insert(
-            "value_template".into(),
-            "{{ (value_json.answer or '')[:255] }}".into(),
-        );
+        // What kind of entity the answer makes: constrained answers become
+        // states Home Assistant can branch on.
+        let constraint =
+            Constraint::from_parts(w.choices.as_deref(), w.format.as_deref()).unwrap_or(None);
+        let plain = "{{ value_json.answer | default('') }}";
+        let component = match &constraint {
+            Some(Constraint::Choices(c)) if c.len() == 2 => {
+                sensor.insert("value_template".into(), plain.into());
+                sensor.insert("payload_on".into(), c[0].clone().into());
+                sensor.insert("payload_off".into(), c[1].clone().into());
+                if let Some(dc) = &w.device_class {
+                    sensor.insert("device_class".into(), dc.clone().into());
+                }
+                "binary_sensor"
+            }
+            Some(Constraint::Choices(c)) => {
+                sensor.insert("value_template".into(), plain.into());
+                sensor.insert("device_class".into(), "enum".into());
+                sensor.insert("options".into(), c.clone().into());
+                "sensor"
+            }
+            Some(Constraint::Number) => {
+                sensor.insert(
+                    "value_template".into(),
+                    "{{ value_json.answer | float(none) }}".into(),
+                );
+                sensor.insert("state_class".into(), "measurement".into());
+                if let Some(dc) = &w.device_class {
+                    sensor.insert("device_class".into(), dc.clone().into());
+                }
+                "sensor"
+            }
+            Some(Constraint::Json) | None => {
+                // Home Assistant refuses states over 255 characters.
+                sensor.insert(
+                    "value_template".into(),
+                    "{{ (value_json.answer or '')[:255] }}".into(),
+                );
+                "sensor"
+            }
+        };
         // Every field of the state message (prompt, camera, frame_time,
         // timings, error ...) becomes an attribute.
         sensor.insert("json_attributes_topic".into(), state.into());
-        sensor.insert("icon".into(), "mdi:eye-outline".into());
+        if !sensor.contains_key("device_class") {
+            sensor.insert("icon".into(), "mdi:eye-outline".into());
+        }
         sensor.insert("qos".into(), 1.into());
-        let mut out = vec![Entity {
-            topic: self.topic("sensor", &w.name),
-            payload: Value::Object(sensor),
-        }];
+        let run_id = format!("{}_run", w.name);
+        let mut button = self.common(
+            topics,
+            format!("{} ask now", w.name),
+            format!("{}_{run_id}", self.node_id),
+        );
+        button.insert("command_topic".into(), topics.watch_run(&w.name).into());
+        button.insert("payload_press".into(), "run".into());
+        button.insert("icon".into(), "mdi:eye-refresh-outline".into());
+        let mut out = vec![
+            Entity {
+                topic: self.topic(component, &w.name),
+                payload: Value::Object(sensor),
+            },
+            Entity {
+                topic: self.topic("button", &run_id),
+                payload: Value::Object(button),
+            },
+        ];
         if w.snapshot {
             let object_id = format!("{}_snapshot", w.name);
             let mut image = self.common(
@@ -157,22 +211,63 @@ mod tests {
         )
         .unwrap();
         let e = d.entities(&w, &topics);
-        assert_eq!(e.len(), 2);
+        assert_eq!(e.len(), 3);
         assert_eq!(e[0].topic, "homeassistant/sensor/blipd_garage/door/config");
         assert_eq!(e[0].payload["state_topic"], "blipd/garage/watch/door");
         assert_eq!(e[0].payload["availability_topic"], "blipd/garage/status");
         assert_eq!(e[0].payload["device"]["identifiers"][0], "blipd_garage");
         assert_eq!(
             e[1].topic,
+            "homeassistant/button/blipd_garage/door_run/config"
+        );
+        assert_eq!(e[1].payload["command_topic"], "blipd/garage/watch/door/run");
+        assert_eq!(
+            e[2].topic,
             "homeassistant/image/blipd_garage/door_snapshot/config"
         );
         assert_eq!(
-            e[1].payload["image_topic"],
+            e[2].payload["image_topic"],
             "blipd/garage/watch/door/snapshot"
         );
-        assert!(d.owns(&e[1].topic));
+        assert!(d.owns(&e[1].topic) && d.owns(&e[2].topic));
         assert!(!d.owns("homeassistant/sensor/blipd_other/door/config"));
         assert!(!d.owns("homeassistant/status"));
         assert_eq!(d.config_filter(), "homeassistant/+/blipd_garage/+/config");
+    }
+
+    #[test]
+    fn constrained_watches_become_states_to_branch_on() {
+        let topics = Topics::new(&MqttConfig::default(), "garage");
+        let d = Discovery::new("homeassistant", "garage", "tiny-a");
+        let watch = |extra: &str| -> WatchConfig {
+            toml::from_str(&format!(
+                "name = \"w\"\nprompt = \"?\"\nevery = \"30s\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        let e = d.entities(
+            &watch("choices = [\"open\", \"closed\"]\ndevice_class = \"garage_door\""),
+            &topics,
+        );
+        assert_eq!(
+            e[0].topic,
+            "homeassistant/binary_sensor/blipd_garage/w/config"
+        );
+        assert_eq!(e[0].payload["payload_on"], "open");
+        assert_eq!(e[0].payload["payload_off"], "closed");
+        assert_eq!(e[0].payload["device_class"], "garage_door");
+        let e = d.entities(&watch("choices = [\"red\", \"green\", \"blue\"]"), &topics);
+        assert_eq!(e[0].topic, "homeassistant/sensor/blipd_garage/w/config");
+        assert_eq!(e[0].payload["device_class"], "enum");
+        assert_eq!(
+            e[0].payload["options"],
+            serde_json::json!(["red", "green", "blue"])
+        );
+        let e = d.entities(&watch("format = \"number\""), &topics);
+        assert_eq!(e[0].payload["state_class"], "measurement");
+        assert!(e[0].payload["value_template"]
+            .as_str()
+            .unwrap()
+            .contains("float"));
     }
 }

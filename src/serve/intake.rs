@@ -247,46 +247,10 @@ pub fn image(cfg: &Config, req: &Request) -> Result<Option<std::sync::Arc<[u8]>>
     Ok(Some(bytes.into()))
 }
 
-/// Most choices a request may offer, and longest choice in bytes.
-pub const MAX_CHOICES: usize = 32;
-pub const MAX_CHOICE_BYTES: usize = 64;
-
 /// The answer constraint of a request (`choices` or `format`), checked.
 pub fn constraint(req: &Request) -> Result<Option<Constraint>, Refusal> {
-    let bad = |m: String| Err((ErrorCode::BadRequest, m));
-    match (&req.choices, req.format.as_deref()) {
-        (Some(_), Some(_)) => bad("give `choices` or `format`, not both".into()),
-        (None, None) => Ok(None),
-        (None, Some("number")) => Ok(Some(Constraint::Number)),
-        (None, Some("json")) => Ok(Some(Constraint::Json)),
-        (None, Some(f)) => bad(format!(
-            "`format` must be \"number\" or \"json\", not {:?}",
-            shorten(f)
-        )),
-        (Some(c), None) => {
-            if c.is_empty() || c.len() > MAX_CHOICES {
-                return bad(format!("`choices` must hold 1 to {MAX_CHOICES} strings"));
-            }
-            let mut seen = BTreeSet::new();
-            for choice in c {
-                let ok = !choice.trim().is_empty()
-                    && choice.trim() == choice
-                    && choice.len() <= MAX_CHOICE_BYTES
-                    && !choice.chars().any(char::is_control);
-                if !ok {
-                    return bad(format!(
-                        "each choice must be 1 to {MAX_CHOICE_BYTES} bytes of text without \
-                         control characters or surrounding spaces, not {:?}",
-                        shorten(choice)
-                    ));
-                }
-                if !seen.insert(choice.as_str()) {
-                    return bad(format!("choice {:?} is given twice", shorten(choice)));
-                }
-            }
-            Ok(Some(Constraint::Choices(c.clone())))
-        }
-    }
+    Constraint::from_parts(req.choices.as_deref(), req.format.as_deref())
+        .map_err(|m| (ErrorCode::BadRequest, m))
 }
 
 /// The generation parameters of a valid request.

@@ -13,12 +13,13 @@
 
 use crate::camera::Frame;
 use crate::config::{Config, WatchConfig};
-use crate::llm::GenerateParams;
+use crate::llm::{Constraint, GenerateParams};
 use crate::mqtt::wire::{self, AnswerReply, ErrorReply, SnapshotInfo, WatchEvent, WatchState};
 use crate::serve::cameras::Cameras;
 use crate::serve::worker::{Job, Origin, Trigger};
 use regex::Regex;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 const THUMB_W: u32 = 32;
@@ -78,13 +79,23 @@ struct Watch {
     last_seq: Option<u64>,
     answer: Option<String>,
     changed_at: Option<SystemTime>,
+    /// The answer constraint of `cfg` (validated with the config).
+    constraint: Option<Arc<Constraint>>,
+    /// Asked to run now ([`Watches::run_now`]).
+    run_now: bool,
 }
 
 impl Watch {
     fn new(cfg: WatchConfig, camera: String, now: Instant) -> Self {
         // Validated with the config; a bad pattern here means no filter.
         let only_if = cfg.only_if.as_deref().and_then(|r| Regex::new(r).ok());
+        let constraint = Constraint::from_parts(cfg.choices.as_deref(), cfg.format.as_deref())
+            .ok()
+            .flatten()
+            .map(Arc::new);
         Self {
+            constraint,
+            run_now: false,
             camera,
             only_if,
             pending: false,
@@ -182,6 +193,18 @@ impl Watches {
         changes
     }
 
+    /// Runs watch `name` at the next tick (once, even if asked repeatedly
+    /// meanwhile); false when there is no such watch.
+    pub fn run_now(&mut self, name: &str) -> bool {
+        match self.watches.get_mut(name) {
+            Some(w) => {
+                w.run_now = true;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A retained state from before a restart: its answer is the baseline
     /// for the next event, so a restart does not fire "changed" events.
     pub fn recall(&mut self, name: &str, state: &WatchState) {
@@ -207,7 +230,9 @@ impl Watches {
             if w.pending {
                 continue;
             }
-            let mut trigger = if w.start_due {
+            let mut trigger = if w.run_now {
+                Some(Trigger::Manual)
+            } else if w.start_due {
                 Some(Trigger::Start)
             } else if w.next_scheduled.is_some_and(|t| now >= t) {
                 Some(Trigger::Schedule)
@@ -252,6 +277,7 @@ impl Watches {
             }
             w.pending = true;
             w.start_due = false;
+            w.run_now = false;
             w.last_run = Some(now);
             if let Some(every) = w.cfg.every {
                 w.next_scheduled = Some(now + every);
@@ -260,6 +286,7 @@ impl Watches {
             if let Some(n) = w.cfg.max_tokens {
                 params.max_new_tokens = n;
             }
+            params.constraint = w.constraint.clone();
             jobs.push(Job {
                 id: format!("watch-{name}-{}", next_id()),
                 camera: w.camera.clone(),

@@ -453,3 +453,52 @@ fn sigterm_while_answering_finishes_the_queue_then_goes_offline() {
         );
     }
 }
+
+#[test]
+fn a_two_choice_watch_is_a_binary_sensor_and_its_button_asks_now() {
+    let broker = Mosquitto::start();
+    let cam = CamFile::new("garage.png");
+    let extra = format!(
+        "[homeassistant]\ndiscovery = true\n\n[[watch]]\nname = \"door\"\nprompt = \"{PROMPT}\"\nevery = \"1h\"\nchoices = [\"open\", \"closed\"]\ndevice_class = \"garage_door\"\n"
+    );
+    let c = Client::connect(broker.port, "bs-client", true);
+    c.subscribe("homeassistant/#");
+    c.subscribe("blipd/bs/watch/#");
+    let _d = Daemon::start(
+        &config(broker.port, "bs", &cam.path(), &extra),
+        broker.port,
+        "bs",
+    );
+    let sensor_t = "homeassistant/binary_sensor/blipd_bs/door/config";
+    let button_t = "homeassistant/button/blipd_bs/door_run/config";
+    let msgs = c.collect_until(Duration::from_secs(15), |m| {
+        !find(m, sensor_t).is_empty()
+            && !find(m, button_t).is_empty()
+            && !states(m, "blipd/bs/watch/door").is_empty()
+    });
+    let sensor = find(&msgs, sensor_t)[0].json();
+    check_common(&sensor, "bs");
+    assert_eq!(sensor["payload_on"], "open");
+    assert_eq!(sensor["payload_off"], "closed");
+    assert_eq!(sensor["device_class"], "garage_door");
+    let button = find(&msgs, button_t)[0].json();
+    check_common(&button, "bs");
+    assert_eq!(button["command_topic"], "blipd/bs/watch/door/run");
+    let first = &states(&msgs, "blipd/bs/watch/door")[0];
+    assert_eq!(first["trigger"], "start");
+    let answer = first["answer"].as_str().unwrap().to_string();
+    assert!(answer == "open" || answer == "closed", "{answer:?}");
+
+    // Pressing the button (what Home Assistant publishes) runs it now.
+    c.publish("blipd/bs/watch/door/run", "run");
+    let msgs = c.collect_until(Duration::from_secs(15), |m| {
+        states(m, "blipd/bs/watch/door")
+            .iter()
+            .any(|s| s["trigger"] == "manual")
+    });
+    let manual = states(&msgs, "blipd/bs/watch/door")
+        .into_iter()
+        .find(|s| s["trigger"] == "manual")
+        .expect("a manual run");
+    assert_eq!(manual["answer"], answer.as_str());
+}

@@ -255,7 +255,9 @@ fn overload_gets_busy_and_every_accepted_request_one_answer() {
     assert_eq!(dups, 0);
     assert_eq!(answered + busy, n);
     assert!(busy > 0, "a queue of 2 must overflow under a burst of {n}");
-    assert!(answered >= 3);
+    // At least the queue's worth; a third when the worker took the first
+    // before the burst filled the queue (a race a loaded machine can lose).
+    assert!(answered >= 2);
 }
 
 #[test]

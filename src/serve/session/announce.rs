@@ -14,6 +14,7 @@ impl Session {
         let mut filters = vec![
             Filter::new(t.subscribe.clone(), QoS::AtLeastOnce),
             Filter::new(t.watch_filter(), QoS::AtMostOnce),
+            Filter::new(t.watch_run_filter(), QoS::AtMostOnce),
         ];
         let ha = self.ha_topics();
         filters.push(Filter::new(ha.config_filter(), QoS::AtMostOnce));

@@ -29,6 +29,20 @@ impl Session {
                 return;
             }
         }
+        if let Some(name) = self.cfg.topics.watch_run_name(&topic) {
+            // A retained press would run the watch at every start.
+            if !p.retain {
+                if self.watches.run_now(name) {
+                    tracing::info!(
+                        watch = name,
+                        "running the watch now (asked on its run topic)"
+                    );
+                } else {
+                    tracing::debug!(watch = name, "run asked for an unknown watch");
+                }
+            }
+            return;
+        }
         if let Some(name) = self.cfg.topics.watch_name(&topic) {
             let name = name.to_string();
             if p.retain && !p.payload.is_empty() {
