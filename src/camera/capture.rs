@@ -46,24 +46,12 @@ impl Camera {
     /// keep the daemon (and the other cameras) from starting.
     pub fn spawn(cfg: CameraConfig) -> Camera {
         let kind = cfg.source.kind();
-        let stale_after = cfg.source.stale_after();
-        let shared = Arc::new(Shared {
-            name: cfg.name.clone(),
+        let shared = Arc::new(Shared::new(
+            cfg.name.clone(),
             kind,
-            period: cfg.source.period(),
-            stale_after,
-            inner: Mutex::new(Inner {
-                stop: false,
-                exited: false,
-                state: CameraState::Starting,
-                last_error: None,
-                latest: None,
-                frames: 0,
-                unavailable_since: None,
-                pending: None,
-            }),
-            wake: Condvar::new(),
-        });
+            cfg.source.period(),
+            cfg.source.stale_after(),
+        ));
         if let Err(msg) = cfg.validate() {
             shared.mark_unavailable(format!("invalid configuration: {msg}"), None);
             return Camera {
@@ -260,6 +248,26 @@ enum Assessment {
 }
 
 impl Shared {
+    fn new(name: String, kind: &'static str, period: Duration, stale_after: Duration) -> Self {
+        Shared {
+            name,
+            kind,
+            period,
+            stale_after,
+            inner: Mutex::new(Inner {
+                stop: false,
+                exited: false,
+                state: CameraState::Starting,
+                last_error: None,
+                latest: None,
+                frames: 0,
+                unavailable_since: None,
+                pending: None,
+            }),
+            wake: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic elsewhere while holding the lock leaves plain data behind,
         // never a broken invariant: keep going rather than poison the daemon.
@@ -528,23 +536,12 @@ mod tests {
 
     #[test]
     fn stale_frame_is_unavailable() {
-        let shared = Shared {
-            name: "s".into(),
-            kind: "file",
-            period: Duration::from_millis(50),
-            stale_after: Duration::from_secs(10),
-            inner: Mutex::new(Inner {
-                stop: false,
-                exited: false,
-                state: CameraState::Starting,
-                last_error: None,
-                latest: None,
-                frames: 0,
-                unavailable_since: None,
-                pending: None,
-            }),
-            wake: Condvar::new(),
-        };
+        let shared = Shared::new(
+            "s".into(),
+            "file",
+            Duration::from_millis(50),
+            Duration::from_secs(10),
+        );
         shared.publish(Arc::new(RgbImage::new(2, 2)));
         let now = Instant::now();
         assert!(matches!(

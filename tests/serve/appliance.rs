@@ -10,19 +10,7 @@ const PROMPT: &str = "What is in the picture?";
 
 /// The reference (transformers) answer for an image with [`PROMPT`].
 fn golden(image: &str) -> String {
-    let g: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("goldens/tiny-a.json")).unwrap())
-            .unwrap();
-    g["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["image"] == image && c["prompt"] == PROMPT)
-        .unwrap()["text"]
-        .as_str()
-        .unwrap()
-        .trim()
-        .to_string()
+    crate::golden_text(image, PROMPT).trim().to_string()
 }
 
 fn config(port: u16, device: &str, camera_file: &Path, extra: &str) -> String {

@@ -4,26 +4,12 @@
 //! daemon serves on.
 
 use super::harness::*;
-use super::serving;
+use super::{golden_text as golden, serving};
 use base64::Engine as _;
 use std::time::Duration;
 
 fn b64(path: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(std::fs::read(fixture(path)).unwrap())
-}
-
-/// The reference's answer (goldens from transformers) for `image`, `prompt`.
-fn golden(image: &str, prompt: &str) -> String {
-    let g: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("goldens/tiny-a.json")).unwrap())
-            .unwrap();
-    g["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["image"] == image && c["prompt"] == prompt)
-        .map(|c| c["text"].as_str().unwrap().to_string())
-        .unwrap()
 }
 
 const PROMPT: &str = "What is in the picture?";

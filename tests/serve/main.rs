@@ -59,17 +59,31 @@ fn serving(device: &str, extra: &str) -> (Mosquitto, Daemon, Client) {
     (broker, daemon, client)
 }
 
-/// The reference answer for the garage picture (goldens from transformers).
-fn golden_garage() -> (String, usize) {
+/// The golden case (from transformers, tiny-a) of `image` with `prompt`.
+fn golden_case(image: &str, prompt: &str) -> serde_json::Value {
     let g: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("goldens/tiny-a.json")).unwrap())
             .unwrap();
-    let case = g["cases"]
+    g["cases"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["image"] == "garage.png" && c["prompt"] == GARAGE_PROMPT)
-        .unwrap();
+        .find(|c| c["image"] == image && c["prompt"] == prompt)
+        .unwrap_or_else(|| panic!("no golden for {image} {prompt:?}"))
+        .clone()
+}
+
+/// The reference's answer text for `image` with `prompt`.
+fn golden_text(image: &str, prompt: &str) -> String {
+    golden_case(image, prompt)["text"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The reference answer for the garage picture (goldens from transformers).
+fn golden_garage() -> (String, usize) {
+    let case = golden_case("garage.png", GARAGE_PROMPT);
     (
         case["text"].as_str().unwrap().to_string(),
         case["tokens"].as_array().unwrap().len(),

@@ -10,16 +10,7 @@ use std::time::Duration;
 const PROMPT: &str = "What is in the picture?";
 
 fn golden(image: &str) -> String {
-    let g: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("goldens/tiny-a.json")).unwrap())
-            .unwrap();
-    g["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["image"] == image && c["prompt"] == PROMPT)
-        .map(|c| c["text"].as_str().unwrap().to_string())
-        .unwrap()
+    super::golden_text(image, PROMPT)
 }
 
 fn publish_file(port: u16, topic: &str, file: &std::path::Path, retain: bool) {

@@ -5,6 +5,14 @@
 use super::*;
 
 impl Session {
+    /// Queues a JSON message that needs nothing done on its acknowledgement.
+    pub(super) fn push_json<T: serde::Serialize>(&mut self, topic: String, body: &T, retain: bool) {
+        match serde_json::to_vec(body) {
+            Ok(p) => self.push(topic, p, retain, None, OnAck::default()),
+            Err(e) => tracing::error!(error = %e, topic, "cannot serialise a message"),
+        }
+    }
+
     /// Publishes a snapshot (before the message that refers to it).
     pub(super) fn publish_snapshot(
         &mut self,
@@ -259,28 +267,10 @@ impl Session {
                 let Some(outcome) = self.watches.finished(&name, trigger, &result, snap) else {
                     return;
                 };
-                match serde_json::to_vec(&outcome.state) {
-                    Ok(p) => self.push(
-                        self.cfg.topics.watch(&name),
-                        p,
-                        true,
-                        None,
-                        OnAck::default(),
-                    ),
-                    Err(e) => tracing::error!(error = %e, "cannot serialise watch state"),
-                }
+                self.push_json(self.cfg.topics.watch(&name), &outcome.state, true);
                 if let Some(ev) = outcome.event {
                     tracing::info!(watch = name, answer = %ev.answer, previous = ?ev.previous, "watch answer changed");
-                    match serde_json::to_vec(&ev) {
-                        Ok(p) => self.push(
-                            self.cfg.topics.watch_event(&name),
-                            p,
-                            false,
-                            None,
-                            OnAck::default(),
-                        ),
-                        Err(e) => tracing::error!(error = %e, "cannot serialise watch event"),
-                    }
+                    self.push_json(self.cfg.topics.watch_event(&name), &ev, false);
                 }
             }
             WorkerEvent::Done {
