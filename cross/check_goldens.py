@@ -13,9 +13,13 @@ Runs with --threads 1: the qemu-user of these machines (7.2, Debian 12) hangs
 in the first pthread_create of any aarch64 program (a five-line C program
 that starts one thread hangs the same way), so the emulated run stays on one
 thread. llama.cpp's and tract's results do not depend on the thread count.
+The cases run side by side instead, one single-threaded process per core
+(`--jobs`, default: the number of cores).
 """
 import argparse
+import concurrent.futures
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -33,11 +37,11 @@ def main() -> int:
                     help='command prefix ("" to run the binary directly)')
     ap.add_argument("--bundles", default="tiny-a,tiny-b,demo")
     ap.add_argument("--threads", default="1", help="threads for blipd (default 1: see above)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cases run at once")
     args = ap.parse_args()
 
     runner = shlex.split(args.runner)
-    failures = 0
-    total = 0
+    jobs = []
     for bundle in args.bundles.split(","):
         goldens = json.loads((FIX / "goldens" / f"{bundle}.json").read_text())
         demo = bundle == "demo"
@@ -52,9 +56,18 @@ def main() -> int:
             cmd = runner + [args.binary, "ask", *source,
                             "--max-tokens", str(goldens["max_new_tokens"]), "--threads", args.threads,
                             "--json", case["prompt"]]
-            t0 = time.monotonic()
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            secs = time.monotonic() - t0
+            jobs.append((bundle, case, cmd))
+
+    def run(cmd):
+        t0 = time.monotonic()
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        return out, time.monotonic() - t0
+
+    failures = 0
+    total = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = pool.map(run, [cmd for _, _, cmd in jobs])
+        for (bundle, case, _), (out, secs) in zip(jobs, results):
             total += 1
             if out.returncode != 0:
                 failures += 1
