@@ -490,3 +490,113 @@ fn a_two_choice_watch_is_a_binary_sensor_and_its_button_asks_now() {
         .expect("a manual run");
     assert_eq!(manual["answer"], answer.as_str());
 }
+
+/// Runs Home Assistant's own discovery validation (tests/ha/validate.py in
+/// the `homeassistant` package's venv, made by tests/ha/setup.sh) on JSON
+/// lines; its exit status and output.
+fn home_assistant_validate(lines: &str, strict: bool) -> (bool, String) {
+    use std::io::Write as _;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let setup = std::process::Command::new(root.join("tests/ha/setup.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        setup.status.success(),
+        "tests/ha/setup.sh (installs homeassistant from PyPI): {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let python = String::from_utf8(setup.stdout).unwrap();
+    let mut cmd = std::process::Command::new(python.trim());
+    cmd.arg(root.join("tests/ha/validate.py"));
+    if strict {
+        cmd.arg("--strict");
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn discovery_payloads_pass_home_assistants_own_schemas() {
+    // The validator itself rejects what Home Assistant rejects.
+    let bad = std::fs::read_to_string(fixture("../ha/samples/bad.jsonl")).unwrap();
+    let (ok, out) = home_assistant_validate(&bad, true);
+    let n_bad = bad.lines().filter(|l| !l.trim().is_empty()).count();
+    assert!(
+        !ok && out.contains(&format!("FAILED {n_bad} of {n_bad}")),
+        "{out}"
+    );
+
+    let broker = Mosquitto::start();
+    let cam = CamFile::new("garage.png");
+    let watch = |name: &str, more: &str| {
+        format!("[[watch]]\nname = \"{name}\"\nprompt = \"{PROMPT}\"\nevery = \"1h\"\n{more}\n")
+    };
+    let extra = [
+        "[homeassistant]\ndiscovery = true\n".to_string(),
+        watch("plain", "snapshot = true"),
+        watch(
+            "door",
+            "choices = [\"open\", \"closed\"]\ndevice_class = \"garage_door\"",
+        ),
+        watch("yesno", "choices = [\"yes\", \"no\"]"),
+        watch("colour", "choices = [\"red\", \"green\", \"blue\"]"),
+        watch("count", "format = \"number\""),
+        watch(
+            "heat",
+            "format = \"number\"\ndevice_class = \"temperature\"",
+        ),
+        watch("blob", "format = \"json\""),
+    ]
+    .concat();
+    let c = Client::connect(broker.port, "haschema-client", true);
+    c.subscribe("homeassistant/#");
+    let d = Daemon::start(
+        &config(broker.port, "haschema", &cam.path(), &extra),
+        broker.port,
+        "haschema",
+    );
+    // 7 state entities, 7 buttons, 1 image.
+    let configs = |m: &[Msg]| {
+        let mut t: Vec<&Msg> = m
+            .iter()
+            .filter(|m| m.topic.ends_with("/config") && !m.payload.is_empty())
+            .collect();
+        t.sort_by(|a, b| a.topic.cmp(&b.topic));
+        t.dedup_by(|a, b| a.topic == b.topic);
+        t.len()
+    };
+    let msgs = c.collect_until(Duration::from_secs(20), |m| configs(m) >= 15);
+    let mut lines = String::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for m in &msgs {
+        if m.topic.ends_with("/config") && !m.payload.is_empty() && seen.insert(m.topic.clone()) {
+            let line = serde_json::json!({"topic": m.topic, "payload": m.json()});
+            lines.push_str(&format!("{line}\n"));
+        }
+    }
+    assert_eq!(seen.len(), 15, "{seen:?}");
+    for kind in ["sensor", "binary_sensor", "button", "image"] {
+        assert!(
+            seen.iter()
+                .any(|t| t.starts_with(&format!("homeassistant/{kind}/"))),
+            "no {kind}: {seen:?}"
+        );
+    }
+    let (ok, out) = home_assistant_validate(&lines, false);
+    assert!(ok && out.contains("OK 15 payloads"), "{out}\n{lines}");
+    drop(d);
+}
