@@ -7,7 +7,10 @@
 #   build: a C/C++ compiler, cmake (llama.cpp, libjpeg-turbo), clang + libclang
 #          (bindgen for llama.cpp's C API), nasm (libjpeg-turbo's SIMD on x86)
 #   tests: python3 + venv (the exporter's tests), mosquitto + openssl (MQTT and TLS
-#          tests), systemd (systemd-analyze checks the unit file)
+#          tests), systemd (systemd-analyze checks the unit file), lighttpd with
+#          its TLS module (the web server the `http` camera tests run against),
+#          GStreamer's RTSP server with python3-gi and x264 (tests/rtsp/server.py,
+#          the RTSP server the `rtsp` camera tests run against)
 #   cross: gcc/g++ for aarch64 (linker, llama.cpp, libjpeg-turbo), qemu-user
 #          (runs the aarch64 binary here), and, unless rustup has the aarch64
 #          target, Debian's rustc-web with its arm64 standard library
@@ -16,7 +19,8 @@ set -euo pipefail
 packages=(build-essential cmake clang libclang-dev nasm pkg-config)
 case "${1:-test}" in
   build) ;;
-  test) packages+=(python3 python3-venv python3-pip mosquitto mosquitto-clients openssl systemd) ;;
+  test) packages+=(python3 python3-venv python3-pip mosquitto mosquitto-clients openssl systemd lighttpd lighttpd-mod-openssl
+                 gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-ugly) ;;
   cross)
     packages+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user file dpkg-dev lintian)
     if ! (command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu); then

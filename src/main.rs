@@ -103,6 +103,9 @@ struct AskArgs {
     /// The answer must be a `number` or `json` (an object).
     #[arg(long, value_parser = ["number", "json"])]
     format: Option<String>,
+    /// With `--format json`: a JSON Schema file the answer must validate against.
+    #[arg(long, requires = "format")]
+    schema: Option<PathBuf>,
     /// Ask the daemon behind this broker instead (mqtt://host:port).
     #[arg(long)]
     mqtt: Option<String>,
@@ -364,6 +367,7 @@ fn ask_remote(a: AskArgs) -> Result<()> {
         stream: a.stream,
         choices: a.choices.clone(),
         format: a.format.clone(),
+        schema: schema_arg(&a)?,
         snapshot: a.snapshot.is_some(),
         response_topic: None,
     };
@@ -458,9 +462,22 @@ fn answer_constraint(a: &AskArgs) -> Result<Option<blipd::llm::Constraint>> {
     let req = blipd::mqtt::wire::Request {
         choices: a.choices.clone(),
         format: a.format.clone(),
+        schema: schema_arg(a)?,
         ..Default::default()
     };
     blipd::serve::intake::constraint(&req).map_err(|(_, m)| anyhow::anyhow!("{m}"))
+}
+
+/// `--schema FILE`: the JSON Schema it holds.
+fn schema_arg(a: &AskArgs) -> Result<Option<serde_json::Value>> {
+    let Some(path) = &a.schema else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    Ok(Some(v))
 }
 
 /// `--threads N`: at least 1.

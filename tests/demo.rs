@@ -258,6 +258,8 @@ fn constrained_answers_conform_and_keep_the_accuracy() {
     // Per type: (constrained right, reference right, asked).
     let mut scores: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     let (mut numbers, mut numeric) = (0, 0);
+    // Per type, every third question again as JSON under a schema: (right, asked).
+    let mut json_scores: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for case in &g.cases {
         let Some(choices) = choices_for(&case.qtype, &case.prompt) else {
             continue;
@@ -286,6 +288,34 @@ fn constrained_answers_conform_and_keep_the_accuracy() {
         s.0 += usize::from(a.text == case.answer);
         s.1 += usize::from(case.reference_correct);
         s.2 += 1;
+        if (*n).is_multiple_of(3) {
+            // `"format": "json"` with a schema, checked by a JSON Schema
+            // validator (the `jsonschema` crate), not by blipd's grammar.
+            let schema = serde_json::json!({
+                "type": "object",
+                "properties": {"answer": {"enum": choices}},
+                "required": ["answer"]
+            });
+            let c = Constraint::from_parts(None, Some("json"), Some(&schema))
+                .unwrap()
+                .unwrap();
+            let params = GenerateParams {
+                constraint: Some(Arc::new(c)),
+                max_new_tokens: 40,
+                ..params.clone()
+            };
+            let a = p.answer(&frame, &case.prompt, &params, |_| {}).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&a.text)
+                .unwrap_or_else(|e| panic!("{:?} is not JSON: {e}", a.text));
+            let validator = jsonschema::validator_for(&schema).unwrap();
+            assert!(
+                validator.is_valid(&v),
+                "{v} does not validate against {schema}"
+            );
+            let s = json_scores.entry(case.qtype.clone()).or_default();
+            s.0 += usize::from(v["answer"] == case.answer.as_str());
+            s.1 += 1;
+        }
         if case.qtype.starts_with("count") {
             let params = GenerateParams {
                 constraint: Some(Arc::new(Constraint::Number)),
@@ -301,14 +331,17 @@ fn constrained_answers_conform_and_keep_the_accuracy() {
             numeric += usize::from(a.text == want.to_string());
         }
     }
-    let mut table =
-        String::from("| question type | choices | free text (reference) |\n|---|---|---|");
+    let mut table = String::from(
+        "| question type | choices | JSON with a schema | free text (reference) |\n|---|---|---|---|",
+    );
     for (qtype, (right, reference, n)) in &scores {
-        let pct = |x: usize| 100.0 * x as f64 / *n as f64;
+        let pct = |x: usize, n: usize| 100.0 * x as f64 / n as f64;
+        let (jr, jn) = json_scores.get(qtype).copied().unwrap_or_default();
         table += &format!(
-            "\n| {qtype} | {right}/{n} ({:.1} %) | {reference}/{n} ({:.1} %) |",
-            pct(*right),
-            pct(*reference)
+            "\n| {qtype} | {right}/{n} ({:.1} %) | {jr}/{jn} ({:.1} %) | {reference}/{n} ({:.1} %) |",
+            pct(*right, *n),
+            pct(jr, jn.max(1)),
+            pct(*reference, *n)
         );
         assert!(
             right >= reference,

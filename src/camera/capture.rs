@@ -10,11 +10,14 @@ use image::RgbImage;
 
 use super::file::FileSource;
 use super::folder::FolderSource;
+use super::http::{HttpSettings, HttpSource};
 use super::mqtt::MqttSource;
 use super::pattern::{SceneSource, TestPattern};
+use super::rtsp::{RtspSettings, RtspSource};
 use super::v4l2::V4l2Source;
 use super::{
-    CameraConfig, CameraError, CameraState, CameraStatus, Frame, PatternKind, SourceConfig,
+    CameraConfig, CameraError, CameraState, CameraStatus, Frame, PatternKind, RtspTransport,
+    SourceConfig,
 };
 
 // ---------------------------------------------------------------------------
@@ -84,6 +87,38 @@ impl Camera {
                 format,
             } => Box::new(V4l2Source::new(device, width, height, fps, format)),
             SourceConfig::Mqtt { .. } => Box::new(MqttSource),
+            SourceConfig::Http {
+                url,
+                username,
+                password,
+                password_file,
+                ca_file,
+                timeout,
+                ..
+            } => Box::new(HttpSource::new(HttpSettings {
+                url,
+                username,
+                password,
+                password_file,
+                ca_file,
+                timeout: Duration::from_secs_f32(timeout),
+            })),
+            SourceConfig::Rtsp {
+                url,
+                username,
+                password,
+                password_file,
+                transport,
+                timeout,
+                ..
+            } => Box::new(RtspSource::new(RtspSettings {
+                url,
+                username,
+                password,
+                password_file,
+                udp: transport == RtspTransport::Udp,
+                timeout: Duration::from_secs_f32(timeout),
+            })),
         };
         tracing::info!(camera = %shared.name, kind, "starting camera");
         let thread_shared = Arc::clone(&shared);

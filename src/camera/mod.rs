@@ -15,16 +15,19 @@
 //!
 //! Sources: a synthetic test pattern (no hardware needed), an image file
 //! checked every tick (so another program can keep replacing it), a folder of
-//! images shown in turn, and V4L2 devices (`v4l2.rs`: YUYV, MJPEG or RGB24 via
-//! [`convert`]).
+//! images shown in turn, V4L2 devices (`v4l2.rs`: YUYV, MJPEG or RGB24 via
+//! [`convert`]), frames published on the broker (`mqtt.rs`), and HTTP(S)
+//! snapshot URLs and MJPEG streams (`http/`), and H.264 RTSP streams (`rtsp.rs`).
 
 mod capture;
 mod config;
 pub mod convert;
 mod file;
 mod folder;
+mod http;
 mod mqtt;
 mod pattern;
+mod rtsp;
 pub mod scene;
 mod v4l2;
 
@@ -35,7 +38,10 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 pub use capture::Camera;
-pub use config::{CameraConfig, PatternKind, PixelFormat, SourceConfig, TEST_PATTERN_SIZE};
+pub use config::{
+    CameraConfig, PatternKind, PixelFormat, RtspTransport, SourceConfig, TEST_PATTERN_SIZE,
+};
+pub use http::redact as redact_url;
 pub use v4l2::{probe as probe_v4l2, V4l2Probe};
 
 // ---------------------------------------------------------------------------

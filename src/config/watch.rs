@@ -53,6 +53,9 @@ pub struct WatchConfig {
     /// `"number"` (a numeric sensor in Home Assistant) or `"json"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// With `format = "json"`: a JSON Schema the answer validates against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
     /// Home Assistant's `device_class` for the entity (`door`, `occupancy`,
     /// `temperature` ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,16 +123,19 @@ impl WatchConfig {
         if let Some(re) = &w.only_if {
             regex::Regex::new(re).map_err(|e| ("only_if", e.to_string()))?;
         }
-        crate::llm::Constraint::from_parts(w.choices.as_deref(), w.format.as_deref()).map_err(
-            |e| {
-                let k = if w.choices.is_some() {
-                    "choices"
-                } else {
-                    "format"
-                };
-                (k, e)
-            },
-        )?;
+        crate::llm::Constraint::from_parts(
+            w.choices.as_deref(),
+            w.format.as_deref(),
+            w.schema.as_ref(),
+        )
+        .map_err(|e| {
+            let k = if w.choices.is_some() {
+                "choices"
+            } else {
+                "format"
+            };
+            (k, e)
+        })?;
         if let Some(dc) = &w.device_class {
             let ok = !dc.is_empty()
                 && dc.len() <= 32

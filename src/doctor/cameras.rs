@@ -66,6 +66,9 @@ pub(super) fn camera_checks(cfg: &Config) -> Vec<Check> {
                     format!(" {}", device.display()),
                     Some(crate::camera::probe_v4l2(device)),
                 ),
+                SourceConfig::Http { url, .. } | SourceConfig::Rtsp { url, .. } => {
+                    (format!(" {}", crate::camera::redact_url(url)), None)
+                }
                 SourceConfig::TestPattern { .. } | SourceConfig::Mqtt { .. } => {
                     (String::new(), None)
                 }
@@ -107,6 +110,18 @@ fn camera_fix(
         SourceConfig::Folder { .. } => format!(
             "check `path` of [[camera]] {name:?}: it must be a readable folder with at least \
              one png, jpeg, bmp or webp image"
+        ),
+        SourceConfig::Rtsp { .. } => format!(
+            "check `url`, `username` and `password` of [[camera]] {name:?}: `ffprobe -rtsp_transport \
+             tcp URL` on this machine shows what the camera offers (blipd needs H.264)"
+        ),
+        SourceConfig::Http { .. } if reason.contains("401") => format!(
+            "check `username` and `password` (or `password_file`) of [[camera]] {name:?}: the \
+             camera refused them"
+        ),
+        SourceConfig::Http { .. } => format!(
+            "check `url` of [[camera]] {name:?}: `curl -v` on the same URL from this machine \
+             shows what the camera answers (for https with a self-signed camera, set `ca_file`)"
         ),
         SourceConfig::TestPattern { .. } | SourceConfig::Mqtt { .. } => format!(
             "check the settings of [[camera]] {name:?} (`blipd check-config` names bad keys)"

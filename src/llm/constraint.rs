@@ -17,6 +17,9 @@ pub enum Constraint {
     Number,
     /// One JSON object.
     Json,
+    /// JSON valid against a JSON Schema: the GBNF rules
+    /// [`super::schema::grammar_rules`] made of it (start rule `answer`).
+    JsonSchema(String),
 }
 
 /// LLaMA tokenizers mark a word start with a space (`▁yes` is " yes"), so
@@ -29,8 +32,11 @@ object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
 array  ::= "[" ws ( value ("," ws value)* )? "]" ws
 string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F]) )* "\"" ws
 number ::= "-"? ([0-9] | [1-9] [0-9]*) ("." [0-9]+)? ([eE] [-+]? [0-9]+)? ws
-ws     ::= | " " | "\n" [ \t]*
+ws     ::= | " "
 "#;
+
+/// Fewest new tokens a JSON answer is given.
+pub const JSON_MIN_TOKENS: usize = 48;
 
 /// Most choices an answer may be constrained to, and longest choice in bytes.
 pub const MAX_CHOICES: usize = 32;
@@ -38,12 +44,26 @@ pub const MAX_CHOICE_BYTES: usize = 64;
 
 impl Constraint {
     /// The constraint of a request or watch: `choices` or `format`
-    /// (`"number"`, `"json"`), checked; `None` for free text.
+    /// (`"number"`, `"json"`, the latter with an optional JSON `schema`),
+    /// checked; `None` for free text.
     pub fn from_parts(
         choices: Option<&[String]>,
         format: Option<&str>,
+        schema: Option<&serde_json::Value>,
     ) -> Result<Option<Self>, String> {
         let short = |s: &str| s.chars().take(40).collect::<String>();
+        if let Some(schema) = schema {
+            if format != Some("json") || choices.is_some() {
+                return Err("a `schema` goes with `\"format\": \"json\"`".into());
+            }
+            let rules = super::schema::grammar_rules(schema).map_err(|e| e.to_string())?;
+            let c = Constraint::JsonSchema(rules);
+            // A generator slip must be this request's error, not a failed answer.
+            if !super::ffi::grammar_parses(&c.grammar()) {
+                return Err("the JSON Schema gave a grammar llama.cpp refuses".into());
+            }
+            return Ok(Some(c));
+        }
         match (choices, format) {
             (Some(_), Some(_)) => Err("give `choices` or `format`, not both".into()),
             (None, None) => Ok(None),
@@ -97,17 +117,20 @@ impl Constraint {
                 g.push_str("answer ::= \"-\"? [0-9]+ (\".\" [0-9]+)?\n");
             }
             Constraint::Json => g.push_str(JSON),
+            Constraint::JsonSchema(rules) => g.push_str(rules),
         }
         g
     }
 
     /// Enough new tokens for any allowed answer that is not open-ended
     /// (each token is at least one byte; one more for the space, one for
-    /// the end of sequence).
+    /// the end of sequence); for JSON, room for a small object (an answer
+    /// cut short by the limit is not valid JSON: its `stop` says `length`).
     pub fn min_tokens(&self) -> usize {
         match self {
             Constraint::Choices(c) => c.iter().map(String::len).max().unwrap_or(0) + 2,
-            Constraint::Number | Constraint::Json => 0,
+            Constraint::Number => 0,
+            Constraint::Json | Constraint::JsonSchema(_) => JSON_MIN_TOKENS,
         }
     }
 
@@ -119,7 +142,7 @@ impl Constraint {
 }
 
 /// A GBNF string literal (quotes, backslashes and controls escaped).
-fn literal(s: &str) -> String {
+pub(super) fn literal(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {

@@ -514,6 +514,27 @@ pub const QUANT_TYPES: &[(&str, u32)] = &[
     ("bf16", 32),
 ];
 
+/// Whether llama.cpp's GBNF parser accepts `gbnf` (start rule `root`), no
+/// model needed: a grammar made from a request is checked before it is
+/// accepted, so a generator bug is a `bad_request`, not a failed answer.
+pub fn grammar_parses(gbnf: &str) -> bool {
+    let Ok(text) = CString::new(gbnf) else {
+        return false;
+    };
+    // SAFETY: NUL-terminated strings. A NULL vocabulary is only dereferenced
+    // for token references (`<[id]>`) and when sampling; blipd's grammars
+    // have none and this sampler is freed unused.
+    let g = unsafe {
+        sys::llama_sampler_init_grammar(std::ptr::null(), text.as_ptr(), c"root".as_ptr())
+    };
+    if g.is_null() {
+        return false;
+    }
+    // SAFETY: `g` is a sampler we own and have not handed to a chain.
+    unsafe { sys::llama_sampler_free(g) };
+    true
+}
+
 /// Quantizes a GGUF file with llama.cpp's own quantizer.
 pub fn quantize(input: &Path, output: &Path, ftype: u32, threads: i32) -> Result<(), LlamaError> {
     backend_init();

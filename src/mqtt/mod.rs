@@ -3,6 +3,7 @@
 //! client-side `ask` command. The daemon that speaks it lives in `serve/`.
 
 pub mod ask;
+pub mod image_ask;
 pub mod ledger;
 pub mod options;
 pub mod topic;
@@ -33,6 +34,12 @@ pub struct Topics {
     pub ask: String,
     /// What the daemon subscribes to (`ask`, or `$share/<group>/<ask>`).
     pub subscribe: String,
+    /// Where clients send a picture as the payload: `<ask>/image` (and
+    /// `<ask>/image/<id>/<prompt>` for 3.1.1 clients; see [`image_ask`]).
+    pub ask_image: String,
+    /// Its filter, `<ask>/image/#` (which matches `<ask>/image` too),
+    /// share-prefixed like `subscribe`.
+    pub subscribe_image: String,
     /// Retained `online` / `offline` (the Last Will).
     pub status: String,
     /// Retained JSON: version, model, cameras, limits.
@@ -52,19 +59,29 @@ impl Topics {
             .ask_topic
             .clone()
             .unwrap_or_else(|| format!("{base}/ask"));
-        let subscribe = match &cfg.share_group {
-            Some(g) => format!("$share/{g}/{ask}"),
-            None => ask.clone(),
+        let shared = |t: String| match &cfg.share_group {
+            Some(g) => format!("$share/{g}/{t}"),
+            None => t,
         };
+        let ask_image = format!("{ask}/image");
         Self {
+            subscribe: shared(ask.clone()),
+            subscribe_image: shared(format!("{ask_image}/#")),
             ask,
-            subscribe,
+            ask_image,
             status: format!("{base}/status"),
             info: format!("{base}/info"),
             answer_prefix: format!("{base}/answer"),
             stats: format!("{base}/stats"),
             base,
         }
+    }
+
+    /// The part of an image-request topic after `<ask>/image` (`""` or
+    /// `/<id>/<prompt...>`); None for any other topic.
+    pub fn image_suffix<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let rest = topic.strip_prefix(&self.ask_image)?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(rest)
     }
 
     /// Retained state of a watch.

@@ -101,6 +101,33 @@ pub fn level(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The text of a level a client wrote: `%XX` (hex) sequences become their
+/// bytes, which must form UTF-8; the inverse of [`level`] for text it did
+/// not shorten. A 3.1.1 client cannot publish `+` or `#` in a topic, so it
+/// writes `%2B` and `%23`.
+pub fn unescape(text: &str) -> Result<String, String> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) => out.push(v),
+                None => return Err(format!("bad %-escape at byte {i} (write %25 for '%')")),
+            }
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the %-escapes do not form UTF-8 text".to_string())
+}
+
 /// A full topic name blipd may publish to: not empty, at most 65535 bytes,
 /// no wildcards, not a `$` system topic, no character a broker refuses.
 pub fn check_name(topic: &str) -> Result<(), TopicError> {
@@ -181,6 +208,17 @@ pub fn under(topic: &str, root: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unescape_inverts_level() {
+        for t in ["a/b+c#d%e", "caf\u{e9} ?", "plain"] {
+            assert_eq!(unescape(&level(t)).unwrap(), t);
+        }
+        assert_eq!(unescape("What%3F%2B").unwrap(), "What?+");
+        assert!(unescape("50%").is_err());
+        assert!(unescape("%zz").is_err() && unescape("%+1").is_err());
+        assert!(unescape("%FF").is_err());
+    }
 
     #[test]
     fn filters_match_as_mqtt_says() {

@@ -56,6 +56,9 @@ pub struct Request {
     /// `"number"` or `"json"`: the answer must be one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// With `"format": "json"`: a JSON Schema the answer validates against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
     /// Also publish the JPEG of the answered frame (see [`SnapshotInfo`]).
     #[serde(default)]
     pub snapshot: bool,

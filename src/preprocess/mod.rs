@@ -54,6 +54,12 @@ pub fn set_max_pixels(n: u64) {
     MAX_PIXELS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
 }
 
+/// A picture of `width` x `height` is within the process-wide pixel limit
+/// (for frames that arrive already decoded, e.g. from a video stream).
+pub fn check_pixels(width: u32, height: u32) -> Result<(), PreprocessError> {
+    check_size("<video>", width, height)
+}
+
 fn check_size(name: &str, width: u32, height: u32) -> Result<(), PreprocessError> {
     let max_pixels = MAX_PIXELS.load(std::sync::atomic::Ordering::Relaxed);
     if u64::from(width) * u64::from(height) > max_pixels {

@@ -256,6 +256,18 @@ mod tests {
 
     #[test]
     fn the_broker_config_parses() {
-        toml::from_str::<rumqttd::Config>(&rumqttd_config(1, 2)).unwrap();
+        let c = toml::from_str::<rumqttd::Config>(&rumqttd_config(1883, 1884)).unwrap();
+        assert_eq!(c.router.max_connections, MAX_CONNECTIONS);
+        assert_eq!(
+            (c.router.max_segment_size, c.router.max_segment_count),
+            (4 << 20, 4)
+        );
+        for (servers, port) in [(&c.v4, 1883), (&c.v5, 1884)] {
+            let s = &servers.as_ref().expect("listener")["1"];
+            assert_eq!(s.listen, ([127, 0, 0, 1], port).into(), "loopback only");
+            assert!(s.tls.is_none());
+            assert_eq!(s.connections.max_payload_size, 1 << 20);
+            assert!(s.connections.auth.is_none() && s.connections.dynamic_filters);
+        }
     }
 }

@@ -103,7 +103,8 @@ impl Discovery {
         // What kind of entity the answer makes: constrained answers become
         // states Home Assistant can branch on.
         let constraint =
-            Constraint::from_parts(w.choices.as_deref(), w.format.as_deref()).unwrap_or(None);
+            Constraint::from_parts(w.choices.as_deref(), w.format.as_deref(), w.schema.as_ref())
+                .unwrap_or(None);
         let plain = "{{ value_json.answer | default('') }}";
         let component = match &constraint {
             Some(Constraint::Choices(c)) if c.len() == 2 => {
@@ -132,7 +133,7 @@ impl Discovery {
                 }
                 "sensor"
             }
-            Some(Constraint::Json) | None => {
+            Some(Constraint::Json | Constraint::JsonSchema(_)) | None => {
                 // Home Assistant refuses states over 255 characters.
                 sensor.insert(
                     "value_template".into(),

@@ -54,7 +54,10 @@ pub fn reply_target(
 pub fn reply_allowed(cfg: &Config, topics: &Topics, t: &str) -> Result<(), String> {
     topic::check_name(t).map_err(|e| e.to_string())?;
     let answers = topic::under(t, &topics.answer_prefix);
-    if t == topics.ask || (topic::under(t, &topics.base) && !answers) {
+    if t == topics.ask
+        || topic::under(t, &topics.ask_image)
+        || (topic::under(t, &topics.base) && !answers)
+    {
         return Err("it is one of this daemon's own topics".into());
     }
     match &cfg.mqtt.reply_topics {
@@ -123,6 +126,29 @@ pub fn dedupe_key(reply: &ReplyTo, id: Option<&str>, payload: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("{tag}:{hex}")
+}
+
+/// The picture of a binary image request (the payload itself): not empty,
+/// at most `limits.max_image_bytes`. Its pixels are checked by the worker,
+/// as for any other picture.
+pub fn raw_image(cfg: &Config, payload: &[u8]) -> Result<std::sync::Arc<[u8]>, Refusal> {
+    let max = cfg.limits.max_image_bytes;
+    if payload.is_empty() {
+        return Err((
+            ErrorCode::BadImage,
+            "the payload (the picture) is empty".into(),
+        ));
+    }
+    if payload.len() > max {
+        return Err((
+            ErrorCode::LimitExceeded,
+            format!(
+                "the picture is {} bytes; limits.max_image_bytes is {max}",
+                payload.len()
+            ),
+        ));
+    }
+    Ok(payload.into())
 }
 
 /// Checks a parsed request against the limits and the cameras.
@@ -249,8 +275,12 @@ pub fn image(cfg: &Config, req: &Request) -> Result<Option<std::sync::Arc<[u8]>>
 
 /// The answer constraint of a request (`choices` or `format`), checked.
 pub fn constraint(req: &Request) -> Result<Option<Constraint>, Refusal> {
-    Constraint::from_parts(req.choices.as_deref(), req.format.as_deref())
-        .map_err(|m| (ErrorCode::BadRequest, m))
+    Constraint::from_parts(
+        req.choices.as_deref(),
+        req.format.as_deref(),
+        req.schema.as_ref(),
+    )
+    .map_err(|m| (ErrorCode::BadRequest, m))
 }
 
 /// The generation parameters of a valid request.
@@ -446,6 +476,25 @@ mod tests {
         let many: Vec<String> = (0..33).map(|i| i.to_string()).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert!(constraint(&req(Some(&many), None)).is_err());
+        // A schema: with format json only, and refused with its keyword named.
+        let schema = |f: Option<&str>, s: serde_json::Value| Request {
+            schema: Some(s),
+            ..req(None, f)
+        };
+        let ok = serde_json::json!({"type": "object", "properties": {"open": {"type": "boolean"}}});
+        assert!(matches!(
+            constraint(&schema(Some("json"), ok.clone())).unwrap(),
+            Some(Constraint::JsonSchema(_))
+        ));
+        assert!(constraint(&schema(Some("number"), ok.clone())).is_err());
+        assert!(constraint(&schema(None, ok)).is_err());
+        let e = constraint(&schema(
+            Some("json"),
+            serde_json::json!({"type": "string", "pattern": "^a"}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.0, ErrorCode::BadRequest);
+        assert!(e.1.contains("pattern"), "{}", e.1);
     }
 
     #[test]

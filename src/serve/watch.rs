@@ -89,10 +89,14 @@ impl Watch {
     fn new(cfg: WatchConfig, camera: String, now: Instant) -> Self {
         // Validated with the config; a bad pattern here means no filter.
         let only_if = cfg.only_if.as_deref().and_then(|r| Regex::new(r).ok());
-        let constraint = Constraint::from_parts(cfg.choices.as_deref(), cfg.format.as_deref())
-            .ok()
-            .flatten()
-            .map(Arc::new);
+        let constraint = Constraint::from_parts(
+            cfg.choices.as_deref(),
+            cfg.format.as_deref(),
+            cfg.schema.as_ref(),
+        )
+        .ok()
+        .flatten()
+        .map(Arc::new);
         Self {
             constraint,
             run_now: false,

@@ -66,6 +66,8 @@ impl Rng {
 /// How one payload is sent and what it must get back.
 struct Sent {
     payload: Vec<u8>,
+    /// None: the ask topic.
+    topic: Option<String>,
     v5_reply: Option<String>,
     /// The id its reply must carry; None: a generated `auto-...` id.
     id: Option<String>,
@@ -78,11 +80,12 @@ fn payload(rng: &mut Rng, n: usize) -> (&'static str, Sent) {
     let json = |v: serde_json::Value| v.to_string().into_bytes();
     let sent = |payload, id: Option<String>| Sent {
         payload,
+        topic: None,
         v5_reply: None,
         id,
         good: false,
     };
-    match rng.below(12) {
+    match rng.below(13) {
         0 => {
             let good = format!("good-{n}");
             let p = json(serde_json::json!({"id": good, "prompt": "What is in the picture?"}));
@@ -182,6 +185,28 @@ fn payload(rng: &mut Rng, n: usize) -> (&'static str, Sent) {
                 },
             )
         }
+        11 => {
+            // A "picture" on the image topic: random bytes (bad_image), or
+            // more than limits.max_image_bytes of them (limit_exceeded).
+            let id = format!("img{n}");
+            let len = if rng.below(4) == 0 {
+                800 * 1024
+            } else {
+                1 + rng.below(3000) as usize
+            };
+            let b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            // Prompts a broker accepts in a topic, some with (bad) %-escapes.
+            let prompts = ["hi", "a/b/c", "%zz", "caf%C3%A9?", "%00%FF", "", "x%"];
+            let prompt = prompts[rng.below(prompts.len() as u64) as usize];
+            let topic = format!("blipd/flood/ask/image/{id}/{prompt}");
+            (
+                "image_topic",
+                Sent {
+                    topic: Some(topic),
+                    ..sent(b, Some(id))
+                },
+            )
+        }
         _ => (
             "empty_prompt",
             sent(
@@ -228,18 +253,12 @@ fn ten_thousand_hostile_payloads_over_mqtt_5_and_3_1_1() {
         *kinds.entry(kind).or_default() += 1;
         // Even payloads over MQTT 5, odd over 3.1.1 (v5-only kinds stay v5).
         let on_v5 = s.v5_reply.is_some() || n % 2 == 0;
+        let topic = s.topic.as_deref().unwrap_or("blipd/flood/ask");
         match (&s.v5_reply, on_v5) {
-            (Some(r), _) => {
-                v5.publish_v5("blipd/flood/ask", s.payload, r, n.to_string().as_bytes())
-            }
-            (None, true) => v5.publish("blipd/flood/ask", s.payload),
+            (Some(r), _) => v5.publish_v5(topic, s.payload, r, n.to_string().as_bytes()),
+            (None, true) => v5.publish(topic, s.payload),
             (None, false) => v311
-                .publish(
-                    "blipd/flood/ask",
-                    rumqttc::QoS::AtLeastOnce,
-                    false,
-                    s.payload,
-                )
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, s.payload)
                 .unwrap(),
         }
         match s.id {

@@ -14,7 +14,7 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-fn wait_port(port: u16, up: bool, within: Duration) {
+pub fn wait_port(port: u16, up: bool, within: Duration) {
     let until = Instant::now() + within;
     while Instant::now() < until {
         let ok = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
@@ -52,6 +52,61 @@ fn run(cmd: &mut Command) {
         "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A test CA (`ca.pem`) and a server certificate for localhost and
+/// 127.0.0.1 (`server.pem`, `server.key`) in `d`, made with openssl.
+pub fn make_certs(d: &Path) {
+    let ssl = |args: &[&str]| run(Command::new("openssl").current_dir(d).args(args));
+    ssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=blipd test CA",
+    ]);
+    ssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        d.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
 }
 
 impl Mosquitto {
@@ -108,56 +163,7 @@ impl Mosquitto {
     pub fn start_tls_with_password(user: &str, pass: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let ssl = |args: &[&str]| run(Command::new("openssl").current_dir(d).args(args));
-        ssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=blipd test CA",
-        ]);
-        ssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
-        std::fs::write(
-            d.join("san.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-        )
-        .unwrap();
-        ssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ]);
+        make_certs(d);
         run(Command::new("mosquitto_passwd")
             .current_dir(d)
             .args(["-b", "-c", "passwd", user, pass]));
@@ -542,6 +548,27 @@ pub fn mosquitto_pub_v311(port: u16, topic: &str, payload: &str) {
         .status()
         .unwrap();
     assert!(st.success());
+}
+
+/// mosquitto_pub sending a file as the payload, as MQTT `version` ("mqttv5"
+/// or "mqttv311"), with MQTT 5 user properties.
+pub fn mosquitto_pub_file(
+    port: u16,
+    version: &str,
+    topic: &str,
+    file: &Path,
+    properties: &[(&str, &str)],
+) {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-V", version, "-q", "1", "-h", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(["-t", topic, "-f"])
+        .arg(file);
+    for (k, v) in properties {
+        cmd.args(["-D", "publish", "user-property", k, v]);
+    }
+    let st = cmd.status().unwrap();
+    assert!(st.success(), "mosquitto_pub {topic}");
 }
 
 /// mosquitto_sub as an MQTT 3.1.1 client: returns the first `count` messages.

@@ -1,7 +1,7 @@
-//! Requests that carry their own picture (`"image": "<base64>"`): answered
-//! exactly as transformers answers about the same file, over MQTT 5 and
-//! 3.1.1, and bad or oversized pictures get their own errors while the
-//! daemon serves on.
+//! Requests that carry their own picture (`"image": "<base64>"` in JSON, or
+//! the picture as the payload on `<ask>/image`): answered exactly as
+//! transformers answers about the same file, over MQTT 5 and 3.1.1, and bad
+//! or oversized pictures get their own errors while the daemon serves on.
 
 use super::harness::*;
 use super::{golden_text as golden, serving};
@@ -139,4 +139,95 @@ fn ask_mqtt_image_sends_the_file_and_prints_what_ask_image_prints() {
     ]);
     assert_eq!(remote, local);
     assert_eq!(remote.trim_end(), golden("porch.jpg", PROMPT));
+}
+
+#[test]
+fn picture_payloads_on_the_image_topic_are_answered_as_the_reference() {
+    let (broker, d, c) = serving("bin", "[limits]\nmax_image_bytes = 5000\n");
+    let port = broker.port;
+    let images = ["porch.jpg", "sticker.png"];
+    for (i, image) in images.iter().enumerate() {
+        let file = fixture(&format!("images/{image}"));
+        let id = format!("v5-{i}");
+        let props = [("prompt", PROMPT), ("id", id.as_str()), ("x-other", "1")];
+        mosquitto_pub_file(port, "mqttv5", "blipd/bin/ask/image", &file, &props);
+        // 3.1.1: id and prompt in the topic ('+' would have to be %2B).
+        let topic = format!("blipd/bin/ask/image/v311-{i}/{PROMPT}");
+        mosquitto_pub_file(port, "mqttv311", &topic, &file, &[]);
+    }
+    let porch = fixture("images/porch.jpg");
+    let choices = [
+        ("prompt", PROMPT),
+        ("id", "choice"),
+        ("choices", "door, car"),
+    ];
+    mosquitto_pub_file(port, "mqttv5", "blipd/bin/ask/image", &porch, &choices);
+    // Bad ones, each with its own error; then a good one.
+    let tmp = tempfile::tempdir().unwrap();
+    let junk = tmp.path().join("junk.bin");
+    std::fs::write(&junk, b"this is not a picture").unwrap();
+    let empty = tmp.path().join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let garage = fixture("images/garage.png"); // 5614 bytes: over the limit
+    let bomb = fixture("images/bomb.png");
+    let v5 = "mqttv5";
+    let t = "blipd/bin/ask/image";
+    mosquitto_pub_file(port, v5, t, &junk, &[("prompt", PROMPT), ("id", "junk")]);
+    mosquitto_pub_file(port, v5, t, &empty, &[("prompt", PROMPT), ("id", "empty")]);
+    mosquitto_pub_file(port, v5, t, &garage, &[("prompt", PROMPT), ("id", "big")]);
+    mosquitto_pub_file(port, v5, t, &bomb, &[("prompt", PROMPT), ("id", "bomb")]);
+    mosquitto_pub_file(port, v5, t, &porch, &[("id", "no-prompt")]);
+    let bad_tokens = [("prompt", PROMPT), ("id", "bad-opt"), ("max_tokens", "x")];
+    mosquitto_pub_file(port, v5, t, &porch, &bad_tokens);
+    let cam = [
+        ("prompt", PROMPT),
+        ("id", "cam"),
+        ("request", r#"{"camera":"garage"}"#),
+    ];
+    mosquitto_pub_file(port, v5, t, &porch, &cam);
+    let escape = "blipd/bin/ask/image/esc/50%";
+    mosquitto_pub_file(port, "mqttv311", escape, &porch, &[]);
+    mosquitto_pub_file(port, v5, t, &porch, &[("prompt", PROMPT), ("id", "good")]);
+
+    let n = 2 * images.len() + 10;
+    let msgs = c.collect_until(Duration::from_secs(90), |m| replies_by_id(m).len() >= n);
+    let by_id = replies_by_id(&msgs);
+    let one = |id: &str| {
+        let r = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("no reply for {id}: {by_id:?}"));
+        assert_eq!(r.len(), 1, "{id}: {r:?}");
+        r[0].clone()
+    };
+    for (i, image) in images.iter().enumerate() {
+        let want = golden(image, PROMPT);
+        for id in [format!("v5-{i}"), format!("v311-{i}")] {
+            let r = one(&id);
+            assert_eq!(r["answer"], want.as_str(), "{id} ({image}): {r:?}");
+            assert!(r.get("camera").is_none(), "{r:?}");
+        }
+    }
+    let choice = one("choice");
+    assert!(
+        ["door", "car"].contains(&choice["answer"].as_str().unwrap_or_default()),
+        "{choice:?}"
+    );
+    for (id, code) in [
+        ("junk", "bad_image"),
+        ("empty", "bad_image"),
+        ("big", "limit_exceeded"),
+        ("bomb", "limit_exceeded"),
+        ("no-prompt", "empty_prompt"),
+        ("bad-opt", "bad_request"),
+        ("cam", "bad_request"),
+        ("esc", "bad_request"),
+    ] {
+        assert_eq!(one(id)["error"]["code"], code, "{id}: {:?}", one(id));
+    }
+    assert_eq!(one("good")["answer"], golden("porch.jpg", PROMPT).as_str());
+    let log = d.log_text();
+    assert!(
+        !log.contains("ERROR") && !log.contains("MQTT reconnected"),
+        "{log}"
+    );
 }

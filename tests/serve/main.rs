@@ -8,9 +8,11 @@ mod constrained;
 mod flood;
 mod harness;
 mod hostile;
+mod http_camera;
 mod images;
 mod mqtt_camera;
 mod resilience;
+mod rtsp_camera;
 
 use harness::*;
 use std::collections::BTreeMap;

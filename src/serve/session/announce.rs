@@ -5,7 +5,8 @@
 use super::*;
 
 impl Session {
-    /// Requests (QoS 1, acknowledged with their answer), plus QoS 0 feeds:
+    /// Requests (QoS 1, acknowledged with their answer: JSON on the ask
+    /// topic, pictures under `<ask>/image`), plus QoS 0 feeds:
     /// the retained watch states (baselines after a restart, and leftovers
     /// of removed watches) and Home Assistant's birth message and our
     /// retained discovery configs (leftovers are cleared).
@@ -13,6 +14,7 @@ impl Session {
         let t = &self.cfg.topics;
         let mut filters = vec![
             Filter::new(t.subscribe.clone(), QoS::AtLeastOnce),
+            Filter::new(t.subscribe_image.clone(), QoS::AtLeastOnce),
             Filter::new(t.watch_filter(), QoS::AtMostOnce),
             Filter::new(t.watch_run_filter(), QoS::AtMostOnce),
         ];

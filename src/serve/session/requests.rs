@@ -59,6 +59,11 @@ impl Session {
             }
             return;
         }
+        if let Some(suffix) = self.cfg.topics.image_suffix(&topic) {
+            let suffix = suffix.to_string();
+            self.on_request(p, Some(&suffix));
+            return;
+        }
         if topic != self.cfg.topics.ask {
             // Requests come only on the ask topic; anything else is a frame
             // for an `mqtt` camera, or a leftover of a removed one. A
@@ -73,7 +78,7 @@ impl Session {
             }
             return;
         }
-        self.on_request(p);
+        self.on_request(p, None);
     }
 
     pub(super) fn next_id(&mut self) -> String {
@@ -87,12 +92,18 @@ impl Session {
 
     /// Intake: validate, deduplicate, enqueue or reply with an error (the
     /// rules are in [`intake`]). Every delivery is acknowledged exactly once,
-    /// after its reply is out.
-    pub(super) fn on_request(&mut self, p: Publish) {
+    /// after its reply is out. `picture` is the image topic's suffix when
+    /// the payload is the picture itself.
+    pub(super) fn on_request(&mut self, p: Publish, picture: Option<&str>) {
         let props = p.properties.clone().unwrap_or_default();
         let v5_reply = props.response_topic.clone();
         let correlation = props.correlation_data.clone().map(|b| b.to_vec());
         let max_payload = self.cfg.config.limits.max_payload_bytes;
+        if let Some(suffix) = picture {
+            let parsed = crate::mqtt::image_ask::parse(suffix, &props.user_properties);
+            let image = intake::raw_image(&self.cfg.config, &p.payload);
+            return self.admit(p, parsed, image.map(Some), v5_reply, correlation);
+        }
 
         // Error replies before an id is known go under a generated id. A
         // request over the payload limit is read only if it may be one that
@@ -123,6 +134,19 @@ impl Session {
             self.refuse(p, &reply, &id, None, ErrorCode::LimitExceeded, msg);
             return;
         }
+        self.admit(p, parsed, Ok(None), v5_reply, correlation);
+    }
+
+    /// The rest of intake, for JSON and picture requests alike: `image` is
+    /// the picture payload, when there is one (its own checks done).
+    fn admit(
+        &mut self,
+        p: Publish,
+        parsed: Result<wire::Request, wire::ParseError>,
+        image: Result<Option<std::sync::Arc<[u8]>>, intake::Refusal>,
+        v5_reply: Option<String>,
+        correlation: Option<Vec<u8>>,
+    ) {
         let req = match parsed {
             Ok(r) => r,
             Err(e) => {
@@ -205,7 +229,12 @@ impl Session {
             _ => key,
         };
 
-        let image = match intake::image(&self.cfg.config, &req) {
+        let image = match image {
+            Ok(Some(picture)) => Ok(Some(picture)),
+            Ok(None) => intake::image(&self.cfg.config, &req),
+            Err(e) => Err(e),
+        };
+        let image = match image {
             Ok(i) => i,
             Err((code, msg)) => {
                 self.refuse(p, &reply, &id, req.camera.clone(), code, msg);

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod toml_shape;
+use toml_shape::CameraToml;
+
 // ---------------------------------------------------------------------------
 // Configuration
 // ---------------------------------------------------------------------------
@@ -95,6 +98,56 @@ pub enum SourceConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_age: Option<f32>,
     },
+    /// A camera or NVR over HTTP(S): a snapshot URL fetched `fps` times a
+    /// second, or an MJPEG stream (told apart by the response), with Basic
+    /// or Digest authentication (`username` and `password` or
+    /// `password_file`, or in the URL), a private CA (`ca_file`) and a
+    /// `timeout` in seconds for connecting and each read.
+    Http {
+        url: String,
+        #[serde(default = "default_http_fps")]
+        fps: f32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_file: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
+        #[serde(default = "default_http_timeout")]
+        timeout: f32,
+    },
+    /// An H.264 RTSP stream (an IP camera, an NVR, go2rtc): TCP
+    /// interleaved unless `transport = "udp"`; authentication as for `http`;
+    /// a frame decoded to RGB `fps` times a second.
+    Rtsp {
+        url: String,
+        #[serde(default = "default_http_fps")]
+        fps: f32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_file: Option<PathBuf>,
+        #[serde(default)]
+        transport: RtspTransport,
+        #[serde(default = "default_http_timeout")]
+        timeout: f32,
+    },
+}
+
+/// How RTSP media travel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtspTransport {
+    /// Interleaved in the RTSP connection: through NAT, nothing lost.
+    #[default]
+    Tcp,
+    /// RTP over UDP: lower latency on a clean LAN, lost packets are lost.
+    /// Experimental (as in retina): not proven by the test suite.
+    Udp,
 }
 
 /// V4L2 pixel formats blipd can convert.
@@ -162,6 +215,12 @@ fn default_file_fps() -> f32 {
 fn default_folder_interval() -> f32 {
     5.0
 }
+fn default_http_fps() -> f32 {
+    1.0
+}
+fn default_http_timeout() -> f32 {
+    10.0
+}
 fn default_v4l2_device() -> PathBuf {
     PathBuf::from("/dev/video0")
 }
@@ -185,162 +244,6 @@ pub enum PatternKind {
     Scenes,
     /// Colour bars and a moving block: every frame differs.
     Bars,
-}
-
-/// The TOML shape of [`CameraConfig`]: `name` next to the tagged settings.
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum CameraToml {
-    TestPattern {
-        name: String,
-        #[serde(default = "default_pattern_width")]
-        width: u32,
-        #[serde(default = "default_pattern_height")]
-        height: u32,
-        #[serde(default = "default_pattern_fps")]
-        fps: f32,
-        #[serde(default)]
-        pattern: PatternKind,
-        #[serde(default)]
-        seed: u64,
-        #[serde(default = "default_scene_interval")]
-        interval: f32,
-    },
-    File {
-        name: String,
-        path: PathBuf,
-        #[serde(default = "default_file_fps")]
-        fps: f32,
-    },
-    Folder {
-        name: String,
-        path: PathBuf,
-        #[serde(default = "default_folder_interval")]
-        interval: f32,
-    },
-    V4l2 {
-        name: String,
-        #[serde(default = "default_v4l2_device")]
-        device: PathBuf,
-        #[serde(default = "default_v4l2_width")]
-        width: u32,
-        #[serde(default = "default_v4l2_height")]
-        height: u32,
-        #[serde(default = "default_v4l2_fps")]
-        fps: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        format: Option<PixelFormat>,
-    },
-    Mqtt {
-        name: String,
-        topic: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        max_age: Option<f32>,
-    },
-}
-
-impl From<CameraToml> for CameraConfig {
-    fn from(t: CameraToml) -> Self {
-        let (name, source) = match t {
-            CameraToml::TestPattern {
-                name,
-                width,
-                height,
-                fps,
-                pattern,
-                seed,
-                interval,
-            } => (
-                name,
-                SourceConfig::TestPattern {
-                    width,
-                    height,
-                    fps,
-                    pattern,
-                    seed,
-                    interval,
-                },
-            ),
-            CameraToml::File { name, path, fps } => (name, SourceConfig::File { path, fps }),
-            CameraToml::Mqtt {
-                name,
-                topic,
-                max_age,
-            } => (name, SourceConfig::Mqtt { topic, max_age }),
-            CameraToml::Folder {
-                name,
-                path,
-                interval,
-            } => (name, SourceConfig::Folder { path, interval }),
-            CameraToml::V4l2 {
-                name,
-                device,
-                width,
-                height,
-                fps,
-                format,
-            } => (
-                name,
-                SourceConfig::V4l2 {
-                    device,
-                    width,
-                    height,
-                    fps,
-                    format,
-                },
-            ),
-        };
-        CameraConfig { name, source }
-    }
-}
-
-impl From<CameraConfig> for CameraToml {
-    fn from(c: CameraConfig) -> Self {
-        let name = c.name;
-        match c.source {
-            SourceConfig::TestPattern {
-                width,
-                height,
-                fps,
-                pattern,
-                seed,
-                interval,
-            } => CameraToml::TestPattern {
-                name,
-                width,
-                height,
-                fps,
-                pattern,
-                seed,
-                interval,
-            },
-            SourceConfig::File { path, fps } => CameraToml::File { name, path, fps },
-            SourceConfig::Mqtt { topic, max_age } => CameraToml::Mqtt {
-                name,
-                topic,
-                max_age,
-            },
-            SourceConfig::Folder { path, interval } => CameraToml::Folder {
-                name,
-                path,
-                interval,
-            },
-            SourceConfig::V4l2 {
-                device,
-                width,
-                height,
-                fps,
-                format,
-            } => CameraToml::V4l2 {
-                name,
-                device,
-                width,
-                height,
-                fps,
-                format,
-            },
-        }
-    }
 }
 
 /// Upper bound of the frame rates accepted: beyond this a camera thread
@@ -438,6 +341,44 @@ impl CameraConfig {
                     _ => Ok(()),
                 }
             }
+            SourceConfig::Http {
+                url,
+                fps,
+                username,
+                password,
+                password_file,
+                ca_file,
+                timeout,
+            } => {
+                super::http::check_url(url, &["http", "https"])
+                    .map_err(|e| format!("{}: {e}", at("url")))?;
+                check_fps(*fps)?;
+                let secret = (username, password, password_file);
+                check_network(&at, secret, *timeout, &check_path)?;
+                match ca_file {
+                    Some(p) => check_path("ca_file", p),
+                    None => Ok(()),
+                }
+            }
+            SourceConfig::Rtsp {
+                url,
+                fps,
+                username,
+                password,
+                password_file,
+                timeout,
+                transport: _,
+            } => {
+                super::http::check_url(url, &["rtsp"])
+                    .map_err(|e| format!("{}: {e}", at("url")))?;
+                check_fps(*fps)?;
+                check_network(
+                    &at,
+                    (username, password, password_file),
+                    *timeout,
+                    &check_path,
+                )
+            }
             SourceConfig::Folder { path, interval } => {
                 check_path("path", path)?;
                 if interval.is_finite() && *interval >= 1.0 / MAX_FPS && *interval <= MAX_PERIOD_S {
@@ -474,8 +415,40 @@ impl CameraConfig {
     }
 }
 
+/// The credentials and timeout of a network camera.
+fn check_network(
+    at: &dyn Fn(&str) -> String,
+    (username, password, password_file): (&Option<String>, &Option<String>, &Option<PathBuf>),
+    timeout: f32,
+    check_path: &dyn Fn(&str, &Path) -> Result<(), String>,
+) -> Result<(), String> {
+    if password.is_some() && password_file.is_some() {
+        return Err(format!(
+            "{}: give `password` or `password_file`, not both",
+            at("password")
+        ));
+    }
+    if username.is_none() && (password.is_some() || password_file.is_some()) {
+        return Err(format!(
+            "{} is missing (a password is given)",
+            at("username")
+        ));
+    }
+    if let Some(p) = password_file {
+        check_path("password_file", p)?;
+    }
+    if !(timeout.is_finite() && (0.1..=600.0).contains(&timeout)) {
+        return Err(format!(
+            "{} must be a number of seconds between 0.1 and 600, got {timeout}",
+            at("timeout")
+        ));
+    }
+    Ok(())
+}
+
 impl SourceConfig {
-    /// The `type` key: `test_pattern`, `file`, `folder` or `v4l2`.
+    /// The `type` key: `test_pattern`, `file`, `folder`, `v4l2`, `mqtt`,
+    /// `http` or `rtsp`.
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::TestPattern { .. } => "test_pattern",
@@ -483,6 +456,8 @@ impl SourceConfig {
             SourceConfig::Folder { .. } => "folder",
             SourceConfig::V4l2 { .. } => "v4l2",
             SourceConfig::Mqtt { .. } => "mqtt",
+            SourceConfig::Http { .. } => "http",
+            SourceConfig::Rtsp { .. } => "rtsp",
         }
     }
 
@@ -504,7 +479,10 @@ impl SourceConfig {
     /// value cannot make a `Duration` panic.
     pub(super) fn period(&self) -> Duration {
         let secs = match self {
-            SourceConfig::TestPattern { fps, .. } | SourceConfig::File { fps, .. } => 1.0 / *fps,
+            SourceConfig::TestPattern { fps, .. }
+            | SourceConfig::File { fps, .. }
+            | SourceConfig::Http { fps, .. }
+            | SourceConfig::Rtsp { fps, .. } => 1.0 / *fps,
             SourceConfig::Folder { interval, .. } => *interval,
             SourceConfig::V4l2 { fps, .. } => 1.0 / (*fps).max(1) as f32,
             // Frames come when the publisher sends them.
