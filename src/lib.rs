@@ -5,6 +5,7 @@
 //! [`qformer`] (instruction-aware soft prompt) -> [`llm`] (answer, llama.cpp).
 //! [`pipeline`] wires them; [`bundle`] reads the exported model directory.
 //! The daemon: [`camera`] (frames in), [`mqtt`] (questions in, answers out),
+//! [`http`] (the Ollama/OpenAI-compatible API's shapes),
 //! [`serve`] (worker, queue, wiring), [`config`].
 //! [`doctor`] checks a board (config, bundle, memory, cameras, broker) before and after install;
 //! [`bench`] measures every stage on it.
@@ -15,6 +16,7 @@ pub mod camera;
 pub mod config;
 pub mod doctor;
 pub mod graph;
+pub mod http;
 pub mod llm;
 pub mod mqtt;
 pub mod pipeline;

@@ -14,7 +14,7 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn config(dir: &Path, model: &Path, camera: &Path, url: &str) -> PathBuf {
+fn config(dir: &Path, model: &Path, camera: &Path, url: &str, http_port: u16) -> PathBuf {
     let path = dir.join("blipd.toml");
     std::fs::write(
         &path,
@@ -32,6 +32,9 @@ fps = 10
 
 [mqtt]
 url = "{url}"
+
+[http]
+listen = "127.0.0.1:{http_port}"
 "#,
             model = model.display(),
             state = dir.join("state").display(),
@@ -91,12 +94,13 @@ fn find<'a>(lines: &'a [Line], name: &str) -> &'a Line {
         .unwrap_or_else(|| panic!("no {name} check in {lines:#?}"))
 }
 
-const CHECKS: [&str; 6] = [
+const CHECKS: [&str; 7] = [
     "config",
     "bundle",
     "memory",
     "camera garage",
     "broker",
+    "http",
     "state_dir",
 ];
 
@@ -107,7 +111,13 @@ fn healthy_board_passes_every_check() {
     let garage = fixtures().join("images/garage.png");
     let (w, h) = image::image_dimensions(&garage).unwrap();
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
-    let cfg = config(dir.path(), &fixtures().join("tiny-a"), &garage, &url);
+    let cfg = config(
+        dir.path(),
+        &fixtures().join("tiny-a"),
+        &garage,
+        &url,
+        free_port(),
+    );
 
     let out = doctor(&cfg, false);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -141,6 +151,8 @@ fn healthy_board_passes_every_check() {
     let b = &find(&lines, "broker").detail;
     assert!(b.contains(&url) && b.contains("connected"), "{b}");
     assert!(find(&lines, "state_dir").detail.contains("will create it"));
+    let h = &find(&lines, "http").detail;
+    assert!(h.contains("is free for the Ollama/OpenAI API"), "{h}");
 
     // Its own client id with a clean start, so the daemon's persistent
     // session is left alone.
@@ -187,14 +199,17 @@ fn broken_board_names_each_problem_with_a_fix() {
     let missing = dir.path().join("no-such-picture.png");
     let port = free_port();
     let url = format!("mqtt://127.0.0.1:{port}");
-    let cfg = config(dir.path(), &bundle, &missing, &url);
+    // Something else holds the HTTP API's port.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_port = squatter.local_addr().unwrap().port();
+    let cfg = config(dir.path(), &bundle, &missing, &url, http_port);
 
     let started = Instant::now();
     let out = doctor(&cfg, false);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-    assert!(stderr.contains("3 checks failed"), "{stderr}");
+    assert!(stderr.contains("4 checks failed"), "{stderr}");
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "the doctor must not hang on a dead camera or broker"
@@ -234,6 +249,11 @@ fn broken_board_names_each_problem_with_a_fix() {
         "{m:?}"
     );
 
+    let h = find(&lines, "http");
+    assert_eq!(h.status, "FAIL", "{h:?}");
+    assert!(h.detail.contains("cannot listen"), "{h:?}");
+    assert!(h.fix.as_deref().unwrap().contains("http.listen"), "{h:?}");
+
     // The rest still works and says so.
     assert_eq!(find(&lines, "config").status, "ok");
     assert_eq!(find(&lines, "state_dir").status, "ok");
@@ -251,7 +271,7 @@ fn broken_board_names_each_problem_with_a_fix() {
             c["check"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(failed, ["bundle", "camera garage", "broker"]);
+    assert_eq!(failed, ["bundle", "camera garage", "broker", "http"]);
 }
 
 #[test]

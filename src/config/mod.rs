@@ -81,6 +81,9 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     #[serde(default)]
     pub stats: StatsConfig,
+    /// The Ollama/OpenAI-compatible HTTP API.
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 /// Home Assistant MQTT discovery.
@@ -161,7 +164,10 @@ pub use crate::mqtt::options::{BrokerUrl, MqttConfig};
 pub use watch::WatchConfig;
 
 mod durations;
+mod http;
 mod watch;
+
+pub use http::{HttpConfig, DEMO_LISTEN};
 
 use durations::duration;
 
@@ -269,6 +275,8 @@ impl Config {
     pub fn zero_config() -> Self {
         let mut cfg = Config::default();
         cfg.fill_defaults();
+        // The demo answers Ollama and OpenAI clients on this machine too.
+        cfg.http.listen = Some(DEMO_LISTEN.into());
         cfg
     }
 
@@ -296,6 +304,9 @@ impl Config {
                 "this blipd was built without GPU support (cargo build --features cuda)".into(),
             ));
         }
+        self.http
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         if self.threads == Some(0) {
             return Err(invalid("threads", "must be at least 1".into()));
         }
@@ -473,13 +484,24 @@ mod tests {
         assert_eq!(c.cameras.len(), 1);
         assert_eq!(c.default_camera(), "test");
         assert!(c.mqtt.url.is_none());
-        assert_eq!(c, Config::zero_config());
+        // A config file, even an empty one, turns the HTTP API on only if it says so.
+        let mut z = Config::zero_config();
+        assert_eq!(z.http.listen.as_deref(), Some(DEMO_LISTEN));
+        assert_eq!(c.http.listen, None);
+        z.http.listen = None;
+        assert_eq!(c, z);
     }
 
     #[test]
     fn errors_name_the_key() {
         let e = parse("[mqtt]\nurl = \"http://x\"").unwrap_err().to_string();
         assert!(e.contains("mqtt.url"), "{e}");
+        let e = parse("[http]\nlisten = \"11434\"").unwrap_err().to_string();
+        assert!(e.contains("http.listen"), "{e}");
+        let e = parse("[http]\ncors_origins = [\"example.org\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.cors_origins"), "{e}");
         let e = parse("[limits]\nqueue = 0").unwrap_err().to_string();
         assert!(e.contains("limits.queue"), "{e}");
         let e = parse("colour = 1").unwrap_err().to_string();

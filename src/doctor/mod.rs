@@ -1,7 +1,7 @@
 //! `blipd doctor`: checks a board before and after install.
 //!
 //! Each check looks at one thing the daemon depends on (config, bundle,
-//! memory, cameras, broker, state directory) and says what is wrong and what
+//! memory, cameras, broker, HTTP API, state directory) and says what is wrong and what
 //! to do about it. The daemon itself reports the same problems, but one at a
 //! time, in a log, after a model load of minutes; the doctor reports all of
 //! them at once, in seconds, in the terminal of whoever is installing.
@@ -14,12 +14,14 @@
 mod broker;
 mod bundle;
 mod cameras;
+mod http;
 mod memory;
 mod state_dir;
 
 use broker::broker_check;
 use bundle::bundle_check;
 use cameras::camera_checks;
+use http::http_check;
 use memory::memory_check;
 use state_dir::state_dir_check;
 
@@ -151,6 +153,7 @@ pub fn run(cfg: &Config, config_path: Option<&Path>) -> Vec<Check> {
     checks.push(memory_check(cfg, manifest.as_ref()));
     checks.extend(camera_checks(cfg));
     checks.push(broker_check(cfg));
+    checks.extend(http_check(cfg));
     checks.push(state_dir_check(cfg));
     checks
 }

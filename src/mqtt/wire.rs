@@ -151,6 +151,10 @@ pub struct AnswerReply {
     pub answer: String,
     /// Number of generated tokens.
     pub tokens: usize,
+    /// Positions of the prompt the LLM read: the image's query tokens and
+    /// the instruction's tokens.
+    #[serde(default)]
+    pub prompt_tokens: usize,
     /// Why generation stopped: `eos`, `max_tokens` or `context_full`.
     pub stop: StopReason,
     /// Capture time of the frame that was answered (RFC 3339, UTC).
@@ -291,6 +295,15 @@ pub fn parse_request(payload: &[u8]) -> Result<Request, ParseError> {
 }
 
 /// RFC 3339 UTC timestamp with milliseconds, without a date-time dependency.
+/// Client text quoted in an error message, cut to a readable length.
+pub fn shorten(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 pub fn rfc3339(t: std::time::SystemTime) -> String {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;

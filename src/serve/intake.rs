@@ -303,14 +303,7 @@ pub fn params(req: &Request, default: GenerateParams) -> GenerateParams {
     params
 }
 
-/// Client text quoted in an error message, cut to a readable length.
-pub fn shorten(s: &str) -> String {
-    const MAX: usize = 64;
-    match s.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_string(),
-    }
-}
+pub use crate::mqtt::wire::shorten;
 
 #[cfg(test)]
 mod tests {

@@ -4,11 +4,13 @@
 //! and a small tokio runtime for the MQTT session. Expensive set-up (model
 //! load, graph optimisation) happens once, before the broker connection.
 
+pub mod api;
 pub mod broker;
 pub mod cameras;
 pub mod dedupe;
 pub mod homeassistant;
 pub mod intake;
+pub mod queue;
 pub mod session;
 pub mod stats;
 pub mod systemd;
@@ -35,6 +37,8 @@ pub enum ServeError {
     Broker(String),
     #[error("starting the runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    #[error(transparent)]
+    Api(#[from] api::ApiStartError),
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `on_ready` is called once the model
@@ -66,6 +70,20 @@ pub fn serve(
         None
     };
 
+    // The HTTP port is taken before the model loads, so a clash fails fast.
+    // The zero-config demo serves on without it (a real Ollama may hold 11434).
+    let api_listener = match &cfg.http.listen {
+        Some(addr) => match api::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) if config_path.is_none() => {
+                tracing::warn!(error = %e, "the demo's HTTP API is off");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+    let api_key = api::read_api_key(&cfg)?;
     let model_dir = cfg.model.clone().unwrap_or_else(default_bundle_dir);
     let threads = cfg
         .threads
@@ -91,12 +109,15 @@ pub fn serve(
     let cameras = Arc::new(Cameras::start(&cfg.cameras));
     let topics = Topics::new(&mqtt_cfg, &device_id);
     let started = mqtt::wire::rfc3339(std::time::SystemTime::now());
+    let loaded_at = started.clone();
     let info = {
         let (device_id, topics) = (device_id.clone(), topics.clone());
         let model = serde_json::json!({"name": model_name, "llm": llm_desc, "path": model_dir.display().to_string()});
         move |cfg: &Config| info(cfg, &device_id, &model, &topics, &started)
     };
 
+    let stats = stats::SharedStats::new();
+    let (published, running_config) = tokio::sync::watch::channel(Arc::new(cfg.clone()));
     let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
     let snapshot = Arc::new(Mutex::new(cfg.snapshot.clone()));
     let (queue, worker) = worker::spawn(
@@ -108,6 +129,26 @@ pub fn serve(
         ev_tx,
         systemd.liveness.clone(),
     )?;
+    let api = api_listener.map(|l| {
+        let state = api::ApiState {
+            config: running_config,
+            cameras: cameras.clone(),
+            queue: queue.submitter(),
+            stats: stats.clone(),
+            default_params: default_params.clone(),
+            liveness: systemd.liveness.clone(),
+            model: crate::http::ollama::ModelInfo {
+                bundle: model_name.clone(),
+                llm: llm_desc.clone(),
+                size: dir_size(&model_dir),
+                loaded_at,
+                cameras: Vec::new(),
+            },
+            api_key,
+            next_id: Default::default(),
+        };
+        (l, Arc::new(state))
+    });
     let client_id = mqtt_cfg
         .client_id
         .clone()
@@ -127,6 +168,8 @@ pub fn serve(
         shutdown_grace: Duration::from_secs(30),
         systemd: systemd.clone(),
         serving_status: String::new(),
+        stats,
+        published,
     };
     systemd.status(&format!(
         "connecting to {}",
@@ -143,6 +186,12 @@ pub fn serve(
     let mut on_ready = on_ready;
     let mut ready_sent = false;
     rt.block_on(async move {
+        if let Some((listener, state)) = api {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, auth = state.api_key.is_some(), "HTTP API (Ollama, OpenAI) listening");
+            }
+            tokio::spawn(api::run(listener, state));
+        }
         let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, 1024);
         let session = Session::new(client, session_cfg, queue, dedupe);
         let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -197,6 +246,7 @@ fn info(
         "default_camera": cfg.default_camera(),
         "watches": watches,
         "limits": cfg.limits,
+        "http": cfg.http.listen,
         "topics": {
             "ask": topics.ask,
             "answer": format!("{}/{{id}}", topics.answer_prefix),
@@ -208,6 +258,20 @@ fn info(
         "started": started,
     })
     .to_string()
+}
+
+/// Bytes of the files in a bundle directory (what `/api/tags` reports).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Forwards SIGHUP to the session as reload requests.

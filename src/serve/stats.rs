@@ -1,13 +1,30 @@
 //! The retained `<prefix>/<device>/stats` message: counters since start,
 //! latency over the recent answers, and the board's memory and temperatures.
 //!
-//! Fed by the MQTT task (it sees every intake decision and every result),
-//! so nothing here needs locking.
+//! Fed by the MQTT task (it sees every result and the MQTT intake
+//! decisions) and by the HTTP API's intake; shared behind one mutex
+//! ([`SharedStats`]), held only to count or to read the figures.
 
 use crate::mqtt::wire::{ErrorCode, Timings};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+
+/// The one set of counters, shared by the MQTT session and the HTTP API.
+#[derive(Debug, Clone, Default)]
+pub struct SharedStats(Arc<Mutex<Stats>>);
+
+impl SharedStats {
+    pub fn new() -> Self {
+        Self(Arc::new(Mutex::new(Stats::new())))
+    }
+
+    /// The counters (a poisoned lock still holds usable counters).
+    pub fn lock(&self) -> MutexGuard<'_, Stats> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// Latency figures are over this many most recent answers.
 const WINDOW: usize = 256;
@@ -104,6 +121,15 @@ impl Stats {
 
     /// The stats message; resets the busy-fraction window.
     pub fn report(&mut self, queue: (usize, usize), worker_busy: bool) -> serde_json::Value {
+        let r = self.figures(queue, worker_busy);
+        self.busy_ms = 0.0;
+        self.last_report = Some(Instant::now());
+        r
+    }
+
+    /// The figures of the stats message, without starting a new
+    /// busy-fraction window (`GET /metrics` reads them as often as it likes).
+    pub fn figures(&self, queue: (usize, usize), worker_busy: bool) -> serde_json::Value {
         let now = Instant::now();
         let window = self
             .last_report
@@ -114,8 +140,6 @@ impl Stats {
         } else {
             0.0
         };
-        self.busy_ms = 0.0;
-        self.last_report = Some(now);
         let stage = |f: fn(&Timings) -> f64| Latency::of(self.recent.iter().map(f).collect());
         let latency = serde_json::json!({
             "answers": self.recent.len(),

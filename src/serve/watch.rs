@@ -405,6 +405,7 @@ mod tests {
             camera: "c".into(),
             answer: text.into(),
             tokens: 1,
+            prompt_tokens: 33,
             stop: crate::llm::StopReason::Eos,
             frame_time: "t".into(),
             model: "m".into(),

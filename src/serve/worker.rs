@@ -5,56 +5,21 @@
 
 use crate::camera::{CameraError, Frame};
 use crate::config::SnapshotConfig;
-use crate::llm::{GenerateParams, TextStream};
+use crate::llm::TextStream;
 pub use crate::mqtt::wire::Trigger;
 use crate::mqtt::wire::{self, AnswerReply, ErrorCode, ErrorReply, Timings};
 use crate::pipeline::FrameFeatures;
 use crate::serve::cameras::Cameras;
+use crate::serve::queue::{self, Intake};
+pub use crate::serve::queue::{
+    HttpEvent, HttpReply, Job, Origin, PushError, Queue, ReplyTo, Submitter,
+};
 use crate::serve::systemd::Liveness;
 use crate::{Pipeline, PipelineError};
 use image::RgbImage;
 use std::collections::HashMap;
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::UnboundedSender;
-
-/// Where a reply goes: an MQTT topic and, for v5 requesters, their correlation data.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReplyTo {
-    pub topic: String,
-    pub correlation: Option<Vec<u8>>,
-}
-
-/// Who gets the result of a job.
-#[derive(Debug, Clone)]
-pub enum Origin {
-    /// An MQTT request: replied to, deduplicated by `key`.
-    Request {
-        /// Deduplication key (see `serve::dedupe`).
-        key: String,
-        reply: ReplyTo,
-        stream: bool,
-    },
-    /// A standing question of the config.
-    Watch { name: String, trigger: Trigger },
-}
-
-/// One accepted job, ready to run.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub id: String,
-    /// Empty when the request carried its own picture (`image`).
-    pub camera: String,
-    /// The request's picture, still encoded (decoded here, on the worker).
-    pub image: Option<Arc<[u8]>>,
-    pub prompt: String,
-    pub params: GenerateParams,
-    /// Also encode the answered frame as JPEG.
-    pub snapshot: bool,
-    pub origin: Origin,
-    pub enqueued: Instant,
-}
 
 /// The JPEG of an answered frame.
 #[derive(Debug, Clone)]
@@ -83,125 +48,6 @@ pub enum WorkerEvent {
     },
 }
 
-/// Why a job was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushError {
-    Full,
-    WorkerStopped,
-}
-
-/// The queue in front of the worker, in two lanes served alternately:
-/// on-demand requests (bounded; overflow gets `busy`) and watches (at most
-/// one pending run per watch, coalesced by the scheduler). Alternating keeps
-/// a burst of requests from starving the watches and a dozen watches from
-/// starving requests.
-#[derive(Default)]
-struct Lanes {
-    requests: VecDeque<Job>,
-    watches: VecDeque<Job>,
-    capacity: usize,
-    /// The last job taken was a request: a waiting watch goes next.
-    last_was_request: bool,
-    closed: bool,
-}
-
-impl Lanes {
-    fn pop(&mut self) -> Option<Job> {
-        let watch_first = self.last_was_request;
-        let job = if watch_first {
-            self.watches
-                .pop_front()
-                .or_else(|| self.requests.pop_front())
-        } else {
-            self.requests
-                .pop_front()
-                .or_else(|| self.watches.pop_front())
-        };
-        if let Some(j) = &job {
-            self.last_was_request = matches!(j.origin, Origin::Request { .. });
-        }
-        job
-    }
-}
-
-type Shared = Arc<(Mutex<Lanes>, Condvar)>;
-
-/// The producing side of the queue, owned by the MQTT task. Dropping it
-/// closes the queue: the worker answers the requests already queued and stops.
-pub struct Queue {
-    shared: Shared,
-}
-
-impl Queue {
-    fn lanes(&self) -> std::sync::MutexGuard<'_, Lanes> {
-        self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Enqueues without waiting. Requests beyond the capacity are refused;
-    /// watch jobs always fit (the scheduler keeps one per watch).
-    pub fn try_push(&self, job: Job) -> Result<(), PushError> {
-        let mut l = self.lanes();
-        if l.closed {
-            return Err(PushError::WorkerStopped);
-        }
-        match job.origin {
-            Origin::Request { .. } => {
-                if l.requests.len() >= l.capacity {
-                    return Err(PushError::Full);
-                }
-                l.requests.push_back(job);
-            }
-            Origin::Watch { .. } => l.watches.push_back(job),
-        }
-        drop(l);
-        self.shared.1.notify_one();
-        Ok(())
-    }
-
-    /// Changes the request lane's capacity (config reload).
-    pub fn set_capacity(&self, capacity: usize) {
-        self.lanes().capacity = capacity.max(1);
-    }
-
-    /// Requests and watch runs waiting (not counting the one in hand).
-    pub fn depth(&self) -> (usize, usize) {
-        let l = self.lanes();
-        (l.requests.len(), l.watches.len())
-    }
-}
-
-impl Drop for Queue {
-    fn drop(&mut self) {
-        let mut l = self.lanes();
-        l.closed = true;
-        // Watch runs are not owed to anyone.
-        l.watches.clear();
-        drop(l);
-        self.shared.1.notify_all();
-    }
-}
-
-/// The worker's side: blocks for the next job; None once closed and empty.
-struct Intake {
-    shared: Shared,
-}
-
-impl Intake {
-    fn next(&self) -> Option<Job> {
-        let (lock, cv) = &*self.shared;
-        let mut l = lock.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(j) = l.pop() {
-                return Some(j);
-            }
-            if l.closed {
-                return None;
-            }
-            l = cv.wait(l).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
 /// Starts the worker thread. It stops when the [`Queue`] is dropped,
 /// after answering the requests already queued.
 pub fn spawn(
@@ -213,16 +59,7 @@ pub fn spawn(
     events: UnboundedSender<WorkerEvent>,
     liveness: Arc<Liveness>,
 ) -> std::io::Result<(Queue, std::thread::JoinHandle<()>)> {
-    let shared: Shared = Arc::new((
-        Mutex::new(Lanes {
-            capacity: queue_len.max(1),
-            ..Default::default()
-        }),
-        Condvar::new(),
-    ));
-    let intake = Intake {
-        shared: shared.clone(),
-    };
+    let (queue, intake) = queue::new(queue_len);
     let handle = std::thread::Builder::new()
         .name("inference".into())
         .spawn(move || {
@@ -237,7 +74,7 @@ pub fn spawn(
             };
             w.run(intake)
         })?;
-    Ok((Queue { shared }, handle))
+    Ok((queue, handle))
 }
 
 struct CachedFeatures {
@@ -387,18 +224,20 @@ impl Worker {
             features
         };
 
-        let mut streamer = match &job.origin {
+        let to = match &job.origin {
             Origin::Request {
                 reply,
                 stream: true,
                 ..
-            } => Some(Streamer::new(
-                job.id.clone(),
-                reply.clone(),
-                self.pipeline.llm().detokenizer(),
-            )),
+            } => Some(ChunkTo::Mqtt(reply.clone())),
+            Origin::Http {
+                reply,
+                stream: true,
+            } => Some(ChunkTo::Http(reply.clone())),
             _ => None,
         };
+        let mut streamer =
+            to.map(|to| Streamer::new(job.id.clone(), to, self.pipeline.llm().detokenizer()));
         let events = &self.events;
         let liveness = &self.liveness;
         let answer = self
@@ -418,6 +257,7 @@ impl Worker {
             camera: job.camera.clone(),
             answer: answer.text,
             tokens: answer.tokens.len(),
+            prompt_tokens: answer.prompt_tokens,
             stop: answer.stop,
             frame_time: wire::rfc3339(frame.captured),
             model: self.model_name.clone(),
@@ -513,16 +353,24 @@ fn classify(e: PipelineError) -> (ErrorCode, String) {
     (code, e.to_string())
 }
 
+/// Where a streamed answer's text goes.
+enum ChunkTo {
+    /// Numbered chunks on the requester's reply topic, through the session.
+    Mqtt(ReplyTo),
+    /// Straight to the HTTP handler.
+    Http(HttpReply),
+}
+
 /// Publishes a streamed answer as numbered chunks (see [`TextStream`]).
 struct Streamer {
     id: String,
-    reply: ReplyTo,
+    reply: ChunkTo,
     text: TextStream,
     seq: u32,
 }
 
 impl Streamer {
-    fn new(id: String, reply: ReplyTo, detok: crate::llm::Detokenizer) -> Self {
+    fn new(id: String, reply: ChunkTo, detok: crate::llm::Detokenizer) -> Self {
         Self {
             id,
             reply,
@@ -535,14 +383,22 @@ impl Streamer {
         if text.is_empty() {
             return;
         }
-        let _ = events.send(WorkerEvent::Chunk {
-            reply: self.reply.clone(),
-            chunk: wire::StreamChunk {
-                id: self.id.clone(),
-                seq: self.seq,
-                text,
-            },
-        });
+        match &self.reply {
+            ChunkTo::Mqtt(reply) => {
+                let _ = events.send(WorkerEvent::Chunk {
+                    reply: reply.clone(),
+                    chunk: wire::StreamChunk {
+                        id: self.id.clone(),
+                        seq: self.seq,
+                        text,
+                    },
+                });
+            }
+            // A handler whose client went away has dropped its receiver.
+            ChunkTo::Http(reply) => {
+                let _ = reply.send(HttpEvent::Text(text));
+            }
+        }
         self.seq += 1;
     }
 
@@ -560,71 +416,5 @@ impl Streamer {
                 "streamed text diverged from the final answer; the final answer is authoritative"
             ),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(watch: bool, n: usize) -> Job {
-        Job {
-            id: format!("{}{n}", if watch { "w" } else { "r" }),
-            camera: "c".into(),
-            image: None,
-            prompt: "p".into(),
-            params: GenerateParams {
-                max_new_tokens: 1,
-                sampling: None,
-                constraint: None,
-            },
-            snapshot: false,
-            origin: if watch {
-                Origin::Watch {
-                    name: format!("w{n}"),
-                    trigger: Trigger::Schedule,
-                }
-            } else {
-                Origin::Request {
-                    key: format!("k{n}"),
-                    reply: ReplyTo {
-                        topic: "t".into(),
-                        correlation: None,
-                    },
-                    stream: false,
-                }
-            },
-            enqueued: Instant::now(),
-        }
-    }
-
-    #[test]
-    fn lanes_alternate_and_requests_are_bounded() {
-        let shared: Shared = Arc::new((
-            Mutex::new(Lanes {
-                capacity: 3,
-                ..Default::default()
-            }),
-            Condvar::new(),
-        ));
-        let q = Queue {
-            shared: shared.clone(),
-        };
-        for i in 0..3 {
-            q.try_push(job(false, i)).unwrap();
-        }
-        assert_eq!(q.try_push(job(false, 9)), Err(PushError::Full));
-        for i in 0..5 {
-            q.try_push(job(true, i)).unwrap(); // watches are not bounded by `capacity`
-        }
-        assert_eq!(q.depth(), (3, 5));
-        let intake = Intake { shared };
-        let order: Vec<String> = (0..6).map(|_| intake.next().unwrap().id).collect();
-        assert_eq!(order, ["r0", "w0", "r1", "w1", "r2", "w2"]);
-        // Closing drops the watch runs, keeps the requests owed an answer.
-        q.try_push(job(false, 3)).unwrap();
-        drop(q);
-        assert_eq!(intake.next().unwrap().id, "r3");
-        assert!(intake.next().is_none());
     }
 }

@@ -8,6 +8,7 @@ mod constrained;
 mod flood;
 mod harness;
 mod hostile;
+mod http_api;
 mod http_camera;
 mod images;
 mod mqtt_camera;

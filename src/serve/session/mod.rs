@@ -27,9 +27,11 @@ use crate::serve::cameras::Cameras;
 use crate::serve::dedupe::{Dedupe, Seen, StoredReply};
 use crate::serve::homeassistant::Discovery;
 use crate::serve::intake;
-use crate::serve::stats::Stats;
+use crate::serve::stats::SharedStats;
 use crate::serve::watch::Watches;
-use crate::serve::worker::{Job, Origin, PushError, Queue, ReplyTo, Snapshot, WorkerEvent};
+use crate::serve::worker::{
+    HttpEvent, Job, Origin, PushError, Queue, ReplyTo, Snapshot, WorkerEvent,
+};
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
@@ -91,6 +93,10 @@ pub struct SessionConfig {
     pub systemd: crate::serve::systemd::Systemd,
     /// The STATUS= line while connected.
     pub serving_status: String,
+    /// Counters, shared with the HTTP API.
+    pub stats: SharedStats,
+    /// Where the running config is published for the HTTP API.
+    pub published: tokio::sync::watch::Sender<Arc<Config>>,
 }
 
 pub struct Session {
@@ -121,7 +127,7 @@ pub struct Session {
     frame_topics: BTreeSet<String>,
     watches: Watches,
     discovery: Option<Discovery>,
-    stats: Stats,
+    stats: SharedStats,
     next_stats: Option<Instant>,
 }
 
@@ -138,7 +144,7 @@ impl Session {
         let mut s = Self {
             watches,
             discovery,
-            stats: Stats::new(),
+            stats: cfg.stats.clone(),
             next_stats: None,
             client,
             cfg,

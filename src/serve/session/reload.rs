@@ -49,6 +49,10 @@ impl Session {
             restart.push("mqtt");
             effective.mqtt = old.mqtt.clone();
         }
+        if new.http != old.http {
+            restart.push("http");
+            effective.http = old.http.clone();
+        }
         if new.state_dir != old.state_dir
             || new.limits.remember_answered != old.limits.remember_answered
         {
@@ -75,6 +79,10 @@ impl Session {
         }
         let ha_changed = effective.homeassistant != old.homeassistant;
         self.cfg.config = effective;
+        // The HTTP API applies the new limits from its next request on.
+        self.cfg
+            .published
+            .send_replace(Arc::new(self.cfg.config.clone()));
         self.discovery = super::announce::discovery_of(&self.cfg);
         let new_entities = self.wanted_discovery();
         for topic in old_entities.difference(&new_entities) {

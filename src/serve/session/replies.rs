@@ -83,7 +83,7 @@ impl Session {
         reason: rumqttc::v5::mqttbytes::v5::PubAckReason,
     ) {
         let topic = done.reply.as_ref().map(|r| r.topic.clone());
-        self.stats.reply_refused();
+        self.stats.lock().reply_refused();
         match (done.fallback, topic) {
             (Some((fallback, id)), Some(topic)) => {
                 // Tell the client on the default answer topic instead; its
@@ -256,8 +256,8 @@ impl Session {
                 snapshot,
             } => {
                 match &result {
-                    Ok(a) => self.stats.answer(&a.timings, true),
-                    Err(_) => self.stats.watch_failed(),
+                    Ok(a) => self.stats.lock().answer(&a.timings, true),
+                    Err(_) => self.stats.lock().watch_failed(),
                 }
                 if self.watches.config(&name).is_none() {
                     return; // removed by a reload while it ran
@@ -274,6 +274,18 @@ impl Session {
                 }
             }
             WorkerEvent::Done {
+                origin: Origin::Http { reply, .. },
+                result,
+                ..
+            } => {
+                match &result {
+                    Ok(a) => self.stats.lock().answer(&a.timings, false),
+                    Err(e) => self.stats.lock().error(e.error.code),
+                }
+                // The handler is gone if its client hung up: nobody to tell.
+                let _ = reply.send(HttpEvent::Done(result));
+            }
+            WorkerEvent::Done {
                 origin: Origin::Request { key, reply, .. },
                 result,
                 snapshot,
@@ -282,13 +294,13 @@ impl Session {
                 let mut result = result;
                 match &mut result {
                     Ok(answer) => {
-                        self.stats.answer(&answer.timings, false);
+                        self.stats.lock().answer(&answer.timings, false);
                         if let Some(s) = snapshot {
                             let topic = self.cfg.topics.snapshot(&answer.id);
                             answer.snapshot = Some(self.publish_snapshot(topic, s, false));
                         }
                     }
-                    Err(e) => self.stats.error(e.error.code),
+                    Err(e) => self.stats.lock().error(e.error.code),
                 }
                 let id = match &result {
                     Ok(a) => a.id.clone(),

@@ -276,7 +276,7 @@ impl Session {
         match queue.try_push(job) {
             Ok(()) => {
                 tracing::debug!(id, camera, "request queued");
-                self.stats.accepted();
+                self.stats.lock().accepted();
                 self.dedupe.start(&key);
                 let d = self.delivery(p);
                 self.in_progress.entry(key).or_default().push(d);
@@ -341,7 +341,7 @@ impl Session {
         message: String,
     ) {
         tracing::debug!(id, ?code, %message, "request refused");
-        self.stats.error(code);
+        self.stats.lock().error(code);
         let mut e = ErrorReply::new(id, code, message);
         e.camera = camera;
         let payload = match serde_json::to_string(&e) {

@@ -40,7 +40,7 @@ impl Session {
             self.next_stats = Some(now + interval);
             let depth = self.queue.as_ref().map(|q| q.depth()).unwrap_or_default();
             let busy = self.cfg.systemd.liveness.stalled_for().is_some();
-            let mut report = self.stats.report(depth, busy);
+            let mut report = self.stats.lock().report(depth, busy);
             report["cameras"] = serde_json::to_value(
                 self.cfg
                     .cameras
