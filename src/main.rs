@@ -33,6 +33,8 @@ enum Command {
     Serve(ServeArgs),
     /// Validate a config file and print it with every default filled in.
     CheckConfig(CheckConfigArgs),
+    /// Hash every file of a bundle against its manifest (ignores verified stamps).
+    CheckBundle(CheckBundleArgs),
     /// Quantize a GGUF file, or a whole bundle's LLM, with llama.cpp's quantizer.
     Quantize(QuantizeArgs),
     /// Check this machine for the daemon: config, bundle, memory, cameras, broker, state dir.
@@ -181,6 +183,12 @@ struct CheckConfigArgs {
 }
 
 #[derive(Args)]
+struct CheckBundleArgs {
+    /// The bundle directory.
+    dir: PathBuf,
+}
+
+#[derive(Args)]
 struct DoctorArgs {
     /// TOML config file [default: zero-config: embedded broker, test-pattern camera, tiny bundle].
     #[arg(long, env = "BLIPD_CONFIG")]
@@ -218,6 +226,7 @@ fn main() -> std::process::ExitCode {
         Command::Ask(a) => ask(a),
         Command::Serve(s) => serve(s),
         Command::CheckConfig(c) => check_config(c),
+        Command::CheckBundle(c) => check_bundle(c),
         Command::Quantize(q) => quantize(q),
         Command::Doctor(d) => doctor(d),
         Command::Bench(b) => bench(b),
@@ -428,6 +437,21 @@ fn check_config(c: CheckConfigArgs) -> Result<()> {
     }
     println!("{}", toml::to_string_pretty(&cfg)?);
     eprintln!("{}: ok", c.file.display());
+    Ok(())
+}
+
+fn check_bundle(c: CheckBundleArgs) -> Result<()> {
+    let t = std::time::Instant::now();
+    let bundle = blipd::bundle::Bundle::open(&c.dir)?;
+    bundle.verify()?;
+    let bytes: u64 = bundle.manifest.files.values().map(|f| f.size).sum();
+    eprintln!(
+        "{}: ok ({} files, {} MiB, sha256 match, {:.1} s)",
+        c.dir.display(),
+        bundle.manifest.files.len(),
+        bytes >> 20,
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

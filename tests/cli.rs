@@ -334,3 +334,39 @@ fn ask_about_a_demo_scene_with_the_default_bundle() {
     assert_eq!(r["stop"], case["stop"]);
     assert!(r["model"].as_str().unwrap().ends_with("models/demo"));
 }
+
+#[test]
+fn check_bundle_hashes_every_file_and_names_a_corrupt_one() {
+    let out = blipd()
+        .arg("check-bundle")
+        .arg(bundle_dir("tiny-a"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("ok (7 files") && err.contains("sha256 match"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(bundle_dir("tiny-a")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let f = dir.path().join("qformer.onnx.data");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&f, bytes).unwrap();
+    let out = blipd()
+        .arg("check-bundle")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("qformer.onnx.data") && err.contains("corrupt"),
+        "{err}"
+    );
+}

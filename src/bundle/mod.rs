@@ -12,6 +12,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 mod derive;
+mod stamp;
+
+pub use stamp::Verified;
 
 /// Name of the manifest inside a bundle directory.
 pub const MANIFEST: &str = "bundle.json";

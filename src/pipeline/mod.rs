@@ -40,13 +40,16 @@ impl PipelineError {
 }
 
 /// Load-time options.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PipelineOptions {
     /// Threads for tract (vision, Q-Former) and llama.cpp.
     pub threads: usize,
     pub llm: LlmOptions,
     /// Hash every bundle file against the manifest before loading.
     pub verify_checksums: bool,
+    /// Where verified stamps are kept (see `bundle::stamp`): files unchanged
+    /// since they last matched are not hashed again. None: hash everything.
+    pub stamps: Option<std::path::PathBuf>,
 }
 
 impl Default for PipelineOptions {
@@ -56,6 +59,7 @@ impl Default for PipelineOptions {
             threads: llm.threads as usize,
             llm,
             verify_checksums: true,
+            stamps: None,
         }
     }
 }
@@ -87,6 +91,12 @@ impl PipelineOptions {
     /// Whether every bundle file is hashed against the manifest at load.
     pub fn with_checksums(mut self, verify: bool) -> Self {
         self.verify_checksums = verify;
+        self
+    }
+
+    /// Trust files whose verified stamp in `stamps` is unchanged.
+    pub fn with_stamps(mut self, stamps: Option<std::path::PathBuf>) -> Self {
+        self.stamps = stamps;
         self
     }
 }
@@ -157,8 +167,23 @@ impl Pipeline {
     pub fn load(dir: impl AsRef<Path>, opts: &PipelineOptions) -> Result<Self, PipelineError> {
         let t0 = Instant::now();
         let bundle = Bundle::open(dir)?;
-        if opts.verify_checksums {
-            bundle.verify()?;
+        match (&opts.stamps, opts.verify_checksums) {
+            (_, false) => {}
+            (None, true) => bundle.verify()?,
+            (Some(stamps), true) => {
+                let t = Instant::now();
+                let v = bundle.verify_stamped(stamps)?;
+                tracing::info!(
+                    hashed = v.hashed,
+                    mib_hashed = v.bytes_hashed >> 20,
+                    unchanged = v.trusted,
+                    ms = t.elapsed().as_millis() as u64,
+                    "bundle verified"
+                );
+                if let Some(e) = v.save_error {
+                    tracing::warn!(error = %e, "cannot save the verified stamps; the next start hashes the bundle again");
+                }
+            }
         }
         let pre = Preprocessor::new(&bundle.manifest.image)?;
         let threads = opts.threads.max(1);

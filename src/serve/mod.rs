@@ -95,7 +95,10 @@ pub fn serve(
             gpu_layers: cfg.gpu_layers.min(i32::MAX as u32) as i32,
             use_mmap: cfg.llm_mmap.unwrap_or(true),
             repack: cfg.llm_repack.unwrap_or(true),
-        });
+        })
+        // With a state_dir, files unchanged since their last full hash are
+        // trusted: a restart does not read gigabytes again.
+        .with_stamps(cfg.state_dir.as_ref().map(|d| d.join("verified.json")));
     systemd.status(&format!("loading model {}", model_dir.display()));
     tracing::info!(model = %model_dir.display(), "loading model");
     let pipeline = Pipeline::load(&model_dir, &opts)?;

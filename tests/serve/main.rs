@@ -414,6 +414,24 @@ fn daemon_killed_while_answering_answers_after_restart_exactly_once() {
         "only answers the killed process had published may be copied: {copies:?}"
     );
     assert!(by_id.values().all(|v| v[0].get("answer").is_some()));
+    // The first start hashed the bundle; the restart trusted its verified
+    // stamps in the state_dir instead of reading it again.
+    let verified: Vec<String> = d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("bundle verified"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(verified.len(), 2, "{verified:?}");
+    assert!(
+        verified[0].contains("hashed=7") && verified[0].contains("unchanged=0"),
+        "{verified:?}"
+    );
+    assert!(
+        verified[1].contains("hashed=0") && verified[1].contains("unchanged=7"),
+        "{verified:?}"
+    );
+    assert!(state.join("verified.json").is_file());
 }
 
 #[test]
