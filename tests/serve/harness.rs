@@ -585,6 +585,24 @@ pub fn mosquitto_sub_v311(port: u16, topic: &str, count: usize, secs: u32) -> st
         .unwrap()
 }
 
+/// Asks daemon `device` about `camera` over MQTT and returns its one reply.
+pub fn ask_camera(
+    c: &Client,
+    device: &str,
+    camera: &str,
+    prompt: &str,
+    id: &str,
+    within: Duration,
+) -> serde_json::Value {
+    let q = serde_json::json!({"id": id, "camera": camera, "prompt": prompt});
+    c.publish(&format!("blipd/{device}/ask"), q.to_string());
+    let msgs = c.collect_until(within, |m| replies_by_id(m).contains_key(id));
+    let by_id = replies_by_id(&msgs);
+    let r = by_id.get(id).unwrap_or_else(|| panic!("no reply for {id}"));
+    assert_eq!(r.len(), 1, "{r:?}");
+    r[0].clone()
+}
+
 pub fn fixture(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

@@ -7,7 +7,7 @@
 //! in bounded time while MQTT keeps answering.
 
 use super::harness::*;
-use super::{config, golden_case, golden_text as golden, GARAGE_PROMPT as PROMPT};
+use super::{config, demo_golden, golden_case, golden_text as golden, GARAGE_PROMPT as PROMPT};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -470,22 +470,6 @@ fn hostile_http_clients_are_cut_off_and_mqtt_keeps_answering() {
     assert!(body.contains("max_prompt_chars"), "{body}");
     assert!(!d.log_text().contains("ERROR"), "{}", d.log_text());
     assert!(!d.log_text().contains("reconnect"), "{}", d.log_text());
-}
-
-/// What transformers answered about demo scene `seed` (tests/fixtures/goldens/demo.json).
-fn demo_golden(seed: u64, prompt: &str) -> String {
-    let g: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("goldens/demo.json")).unwrap())
-            .unwrap();
-    g["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["seed"].as_u64() == Some(seed) && c["prompt"] == prompt)
-        .unwrap_or_else(|| panic!("no demo golden for scene {seed}"))["answer"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 #[test]

@@ -144,15 +144,7 @@ fn bad_server(reply: Option<&'static [u8]>) -> u16 {
 }
 
 fn ask(c: &Client, camera: &str, id: &str) -> serde_json::Value {
-    let q = serde_json::json!({"id": id, "camera": camera, "prompt": PROMPT});
-    c.publish("blipd/httpcam/ask", q.to_string());
-    let msgs = c.collect_until(Duration::from_secs(30), |m| {
-        replies_by_id(m).contains_key(id)
-    });
-    let by_id = replies_by_id(&msgs);
-    let r = by_id.get(id).unwrap_or_else(|| panic!("no reply for {id}"));
-    assert_eq!(r.len(), 1, "{r:?}");
-    r[0].clone()
+    ask_camera(c, "httpcam", camera, PROMPT, id, Duration::from_secs(30))
 }
 
 const GOOD: [&str; 6] = ["snap", "basic", "digest", "tls", "mjpeg", "mjpeg_nolen"];

@@ -84,6 +84,23 @@ fn golden_text(image: &str, prompt: &str) -> String {
         .to_string()
 }
 
+/// What transformers answered about demo scene `seed` with `prompt`
+/// (tests/fixtures/goldens/demo.json).
+fn demo_golden(seed: u64, prompt: &str) -> String {
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("goldens/demo.json")).unwrap())
+            .unwrap();
+    g["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["seed"].as_u64() == Some(seed) && c["prompt"] == prompt)
+        .unwrap_or_else(|| panic!("no demo golden for scene {seed}"))["answer"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// The reference answer for the garage picture (goldens from transformers).
 fn golden_garage() -> (String, usize) {
     let case = golden_case("garage.png", GARAGE_PROMPT);

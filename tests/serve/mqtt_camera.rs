@@ -33,15 +33,7 @@ fn publish_file(port: u16, topic: &str, file: &std::path::Path, retain: bool) {
 
 /// Asks the `door` camera; the reply (answer or error).
 fn ask(c: &Client, id: &str) -> serde_json::Value {
-    let q = serde_json::json!({"id": id, "camera": "door", "prompt": PROMPT});
-    c.publish("blipd/mqttcam/ask", q.to_string());
-    let msgs = c.collect_until(Duration::from_secs(20), |m| {
-        replies_by_id(m).contains_key(id)
-    });
-    let by_id = replies_by_id(&msgs);
-    let r = by_id.get(id).unwrap_or_else(|| panic!("no reply for {id}"));
-    assert_eq!(r.len(), 1, "{r:?}");
-    r[0].clone()
+    ask_camera(c, "mqttcam", "door", PROMPT, id, Duration::from_secs(20))
 }
 
 #[test]

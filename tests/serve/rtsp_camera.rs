@@ -23,20 +23,9 @@ const SCENES: [u64; 3] = [
     9_223_372_036_854_789_948,
 ];
 
-/// What transformers answered about demo scene `seed` (tests/fixtures/goldens/demo.json).
+/// What transformers answered about demo scene `seed`.
 fn golden(seed: u64) -> String {
-    let g: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("goldens/demo.json")).unwrap())
-            .unwrap();
-    g["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["seed"].as_u64() == Some(seed) && c["prompt"] == PROMPT)
-        .unwrap_or_else(|| panic!("no demo golden for scene {seed}"))["answer"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    super::demo_golden(seed, PROMPT)
 }
 
 struct RtspServer {
@@ -109,15 +98,7 @@ impl Drop for RtspServer {
 }
 
 fn ask(c: &Client, camera: &str, id: &str) -> serde_json::Value {
-    let q = serde_json::json!({"id": id, "camera": camera, "prompt": PROMPT});
-    c.publish("blipd/rtspcam/ask", q.to_string());
-    let msgs = c.collect_until(Duration::from_secs(30), |m| {
-        replies_by_id(m).contains_key(id)
-    });
-    let by_id = replies_by_id(&msgs);
-    let r = by_id.get(id).unwrap_or_else(|| panic!("no reply for {id}"));
-    assert_eq!(r.len(), 1, "{r:?}");
-    r[0].clone()
+    ask_camera(c, "rtspcam", camera, PROMPT, id, Duration::from_secs(30))
 }
 
 const GOOD: [&str; 2] = ["door", "door2"];
