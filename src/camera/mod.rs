@@ -41,6 +41,8 @@ pub use capture::Camera;
 pub use config::{
     CameraConfig, PatternKind, PixelFormat, RtspTransport, SourceConfig, TEST_PATTERN_SIZE,
 };
+/// How blipd fetches a picture over HTTP (also the HTTP API's `image_url`s).
+pub use http::agent as http_agent;
 pub use http::redact as redact_url;
 pub use v4l2::{probe as probe_v4l2, V4l2Probe};
 

@@ -29,15 +29,10 @@ pub struct Options {
     pub num_predict: Option<i64>,
 }
 
-/// `POST /api/generate`.
+/// What `/api/generate` and `/api/chat` have in common.
 #[derive(Debug, Deserialize)]
-pub struct GenerateRequest {
+pub struct Common {
     pub model: String,
-    #[serde(default)]
-    pub prompt: String,
-    /// Base64 pictures; InstructBLIP looks at one.
-    #[serde(default)]
-    pub images: Vec<String>,
     /// Default true, as in Ollama.
     #[serde(default)]
     pub stream: Option<bool>,
@@ -48,6 +43,18 @@ pub struct GenerateRequest {
     /// blipd's extension: ask this camera's newest frame.
     #[serde(default)]
     pub camera: Option<String>,
+}
+
+/// `POST /api/generate`.
+#[derive(Debug, Deserialize)]
+pub struct GenerateRequest {
+    #[serde(flatten)]
+    pub common: Common,
+    #[serde(default)]
+    pub prompt: String,
+    /// Base64 pictures; InstructBLIP looks at one.
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 /// One message of `/api/chat`.
@@ -64,17 +71,10 @@ pub struct Message {
 /// picture, so the last user message is the question and carries the image.
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
-    pub model: String,
+    #[serde(flatten)]
+    pub common: Common,
     #[serde(default)]
     pub messages: Vec<Message>,
-    #[serde(default)]
-    pub stream: Option<bool>,
-    #[serde(default)]
-    pub format: Option<Value>,
-    #[serde(default)]
-    pub options: Option<Options>,
-    #[serde(default)]
-    pub camera: Option<String>,
 }
 
 /// `POST /api/show`.
@@ -101,19 +101,14 @@ pub fn is_load_only(r: &GenerateRequest) -> bool {
     r.prompt.trim().is_empty() && r.images.is_empty()
 }
 
-fn apply(
-    mut req: wire::Request,
-    options: Option<Options>,
-    format: Option<Value>,
-    limit: usize,
-) -> Result<wire::Request, ApiError> {
-    let o = options.unwrap_or_default();
+fn apply(mut req: wire::Request, c: Common, limit: usize) -> Result<wire::Request, ApiError> {
+    let o = c.options.unwrap_or_default();
     req.max_tokens = max_tokens(o.num_predict, limit);
     req.temperature = temperature(o.temperature);
     req.top_p = o.top_p;
     req.top_k = o.top_k;
     req.seed = seed(o.seed, "options.seed")?;
-    match format {
+    match c.format {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s.is_empty() => {}
         Some(Value::String(s)) if s == "json" => req.format = Some("json".into()),
@@ -149,12 +144,14 @@ pub fn generate(
     cameras: &[String],
     limit: usize,
 ) -> Result<Translated, ApiError> {
-    let t = target(&r.model, r.camera.as_deref(), cameras)?;
+    let c = r.common;
+    let t = target(&c.model, c.camera.as_deref(), cameras)?;
     let image = one_image(r.images)?;
     let req = super::request(r.prompt, &t, image)?;
+    let stream = c.stream.unwrap_or(true);
     Ok(Translated {
-        request: apply(req, r.options, r.format, limit)?,
-        stream: r.stream.unwrap_or(true),
+        request: apply(req, c, limit)?,
+        stream,
     })
 }
 
@@ -162,7 +159,8 @@ pub fn generate(
 /// image (earlier turns cannot be shown to InstructBLIP; system messages
 /// have no place in its prompt).
 pub fn chat(r: ChatRequest, cameras: &[String], limit: usize) -> Result<Translated, ApiError> {
-    let t = target(&r.model, r.camera.as_deref(), cameras)?;
+    let c = r.common;
+    let t = target(&c.model, c.camera.as_deref(), cameras)?;
     let Some(last) = r.messages.into_iter().rev().find(|m| m.role == "user") else {
         return Err(ApiError::bad("no user message: nothing to answer").param("messages"));
     };
@@ -171,9 +169,10 @@ pub fn chat(r: ChatRequest, cameras: &[String], limit: usize) -> Result<Translat
         Target::Camera(_) => None,
     };
     let req = super::request(last.content, &t, image)?;
+    let stream = c.stream.unwrap_or(true);
     Ok(Translated {
-        request: apply(req, r.options, r.format, limit)?,
-        stream: r.stream.unwrap_or(true),
+        request: apply(req, c, limit)?,
+        stream,
     })
 }
 

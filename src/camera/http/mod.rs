@@ -98,20 +98,7 @@ impl HttpSource {
             }
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
         }
-        let t = Some(s.timeout);
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(3)
-            .timeout_connect(t)
-            .timeout_resolve(t)
-            .timeout_recv_response(t)
-            .timeout_per_read(t)
-            .timeout_per_write(t)
-            .max_response_header_size(64 * 1024)
-            .user_agent(concat!("blipd/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls.build())
-            .build();
-        self.agent = Some(ureq::Agent::new_with_config(config));
+        self.agent = Some(agent(s.timeout, None, tls.build()));
         Ok(())
     }
 
@@ -327,6 +314,31 @@ pub(super) fn strip_userinfo(url: &str) -> String {
 /// The URL as shown in logs and errors: no password.
 pub fn redact(url: &str) -> String {
     strip_userinfo(url)
+}
+
+/// A ureq agent as blipd fetches pictures: HTTP errors as statuses, at most
+/// 3 redirects, `timeout` for every step (and `total` in all, if given),
+/// 64 KiB of response headers.
+pub fn agent(
+    timeout: std::time::Duration,
+    total: Option<std::time::Duration>,
+    tls: ureq::tls::TlsConfig,
+) -> ureq::Agent {
+    let t = Some(timeout);
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(3)
+        .timeout_connect(t)
+        .timeout_resolve(t)
+        .timeout_recv_response(t)
+        .timeout_per_read(t)
+        .timeout_per_write(t)
+        .timeout_global(total)
+        .max_response_header_size(64 * 1024)
+        .user_agent(concat!("blipd/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls)
+        .build();
+    ureq::Agent::new_with_config(config)
 }
 
 /// Path and query of a URL (what Digest signs as `uri`).

@@ -171,19 +171,10 @@ pub async fn fetch_picture(s: &ApiState, url: String) -> Result<Arc<[u8]>, ApiEr
 
 fn fetch_blocking(url: &str, max: usize) -> Result<Vec<u8>, intake::Refusal> {
     use std::io::Read as _;
-    let t = Some(std::time::Duration::from_secs(10));
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(3)
-            .timeout_connect(t)
-            .timeout_resolve(t)
-            .timeout_recv_response(t)
-            .timeout_per_read(t)
-            .timeout_global(Some(std::time::Duration::from_secs(30)))
-            .max_response_header_size(64 * 1024)
-            .user_agent(concat!("blipd/", env!("CARGO_PKG_VERSION")))
-            .build(),
+    let agent = crate::camera::http_agent(
+        std::time::Duration::from_secs(10),
+        Some(std::time::Duration::from_secs(30)),
+        ureq::tls::TlsConfig::default(),
     );
     let resp = agent
         .get(url)

@@ -240,9 +240,9 @@ async fn generate(State(s): S, headers: HeaderMap, b: Body) -> Response {
         Ok(r) => r,
         Err(e) => return error(&s, Api::Ollama, &e),
     };
-    let model = r.model.clone();
+    let model = r.common.model.clone();
     if ollama::is_load_only(&r) {
-        return match http::target(&model, r.camera.as_deref(), &s.camera_names()) {
+        return match http::target(&model, r.common.camera.as_deref(), &s.camera_names()) {
             Ok(_) => json(StatusCode::OK, ollama::load_line(&model)),
             Err(e) => error(&s, Api::Ollama, &e),
         };
@@ -258,7 +258,7 @@ async fn chat(State(s): S, headers: HeaderMap, b: Body) -> Response {
         Ok(r) => r,
         Err(e) => return error(&s, Api::Ollama, &e),
     };
-    let model = r.model.clone();
+    let model = r.common.model.clone();
     match ollama::chat(r, &s.camera_names(), s.config().limits.max_tokens) {
         Ok(t) => ollama_answer(&s, t, Endpoint::Chat, model).await,
         Err(e) => error(&s, Api::Ollama, &e),
