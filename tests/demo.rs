@@ -9,7 +9,10 @@
 //! - on the golden subset, its Q-Former output and greedy tokens are the
 //!   reference's;
 //! - the Q8_0 and Q4_K_M quantized bundles (made by `blipd quantize`) are
-//!   scored the same way, beside the f32 one, and stay close to it.
+//!   scored the same way, beside the f32 one, and stay close to it;
+//! - so is the int8-vision bundle (models/vision_precision.py, in the
+//!   project's .venv): within 1 point of f32 per type, its Q-Former output
+//!   on the golden subset close to transformers' f32 one.
 //!
 //! Run with `--nocapture` to see the accuracy tables.
 
@@ -143,6 +146,61 @@ fn assert_close(name: &str, got: &Scores, base: &BTreeMap<String, f64>, points: 
     }
 }
 
+/// The demo bundle with int8 vision, made by models/vision_precision.py.
+fn int8_vision(out: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: `make venv` sets up the exporter's environment",
+        python.display()
+    );
+    let st = Command::new(python)
+        .arg(root.join("models/vision_precision.py"))
+        .arg(demo_dir())
+        .arg(out)
+        .args(["--vision", "int8"])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "models/vision_precision.py: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+/// On the golden subset: the smallest cosine and largest difference of the
+/// Q-Former output against transformers' (f32) one, and how many greedy
+/// answers are token-identical.
+fn qformer_agreement(bundle: &Path, g: &Goldens) -> (f64, f32, usize, usize) {
+    let opts = PipelineOptions::default().with_threads(2);
+    let mut p = Pipeline::load(bundle, &opts).unwrap();
+    let params = GenerateParams {
+        max_new_tokens: g.max_new_tokens,
+        sampling: None,
+        constraint: None,
+    };
+    let (mut cos_min, mut max_abs, mut same, mut n) = (1.0f64, 0.0f32, 0, 0);
+    for case in g.cases.iter().filter(|c| c.golden) {
+        let img = Scene::sample(case.seed).render(g.eval_size[0], g.eval_size[1]);
+        let frame = p.image_features(&img).unwrap();
+        let prepared = p.prepare(&case.prompt).unwrap();
+        let q = p.soft_prompt(&frame.features, &prepared).unwrap();
+        let dot: f64 = q
+            .iter()
+            .zip(&case.qformer)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        cos_min = cos_min.min(dot / (norm(&q) * norm(&case.qformer)));
+        max_abs = max_abs.max(common::max_abs_diff(&q, &case.qformer));
+        let a = p.answer(&frame, &case.prompt, &params, |_| {}).unwrap();
+        same += usize::from(a.tokens == case.tokens);
+        n += 1;
+    }
+    (cos_min, max_abs, same, n)
+}
+
 fn quantize(kind: &str, out: &Path) {
     let st = Command::new(env!("CARGO_BIN_EXE_blipd"))
         .args(["quantize", "--threads", "2"])
@@ -190,6 +248,15 @@ fn demo_bundle_answers_held_out_scenes_like_the_reference() {
     quantize("q4_k_m", &q4);
     let q8_scores = score(&q8, &g, false);
     let q4_scores = score(&q4, &g, false);
+    let v8 = dir.path().join("demo-vision-int8");
+    int8_vision(&v8);
+    let v8_scores = score(&v8, &g, false);
+    let (cos, max_abs, same, n) = qformer_agreement(&v8, &g);
+    eprintln!(
+        "int8 vision vs transformers' f32 on the {n} golden cases: Q-Former cosine >= {cos:.6}, \
+         max-abs {max_abs:.4}; greedy tokens identical on {same}/{n}"
+    );
+    assert!(cos >= 0.999, "int8 vision: Q-Former cosine {cos}");
     eprintln!(
         "demo bundle, held-out accuracy ({} questions, {}x{} scenes):\n{}",
         g.cases.len(),
@@ -198,7 +265,8 @@ fn demo_bundle_answers_held_out_scenes_like_the_reference() {
         table(&[
             ("f32", &f32_scores),
             ("q8_0", &q8_scores),
-            ("q4_k_m", &q4_scores)
+            ("q4_k_m", &q4_scores),
+            ("int8 vision", &v8_scores)
         ])
     );
     // The Rust pipeline scores what transformers scores on the same cases...
@@ -220,6 +288,7 @@ fn demo_bundle_answers_held_out_scenes_like_the_reference() {
         .collect();
     assert_close("q8_0 vs f32", &q8_scores, &f32_pct, 3.0);
     assert_close("q4_k_m vs f32", &q4_scores, &f32_pct, 6.0);
+    assert_close("int8 vision vs f32", &v8_scores, &f32_pct, 1.0);
 }
 
 /// The choices an automation would offer for a question of `qtype`.

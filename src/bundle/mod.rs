@@ -89,6 +89,18 @@ pub struct VisionSpec {
     pub num_positions: usize,
     pub patch_size: usize,
     pub num_layers: usize,
+    /// Arithmetic of the graph's matmuls: `f32` (as exported), or `int8`
+    /// (derived by models/vision_precision.py; not token-identical).
+    #[serde(default = "f32_name")]
+    pub precision: String,
+    /// For a derived graph: what it was made from, how, and its agreement
+    /// with the f32 graph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<serde_json::Value>,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -30,10 +30,11 @@ pub(super) fn bundle_check(dir: &Path) -> (Check, Option<Manifest>) {
     let manifest = bundle.manifest.clone();
     let total: u64 = manifest.files.values().map(|f| f.size).sum();
     let summary = format!(
-        "{} files, {} (llm {})",
+        "{} files, {} (llm {}, vision {})",
         manifest.files.len(),
         human_bytes(total),
-        manifest.llm.weight_type
+        manifest.llm.weight_type,
+        manifest.vision.precision
     );
     let check = match bundle.verify() {
         Ok(()) => Check::ok(

@@ -108,6 +108,7 @@ pub fn serve(
         .unwrap_or_else(|| model_dir.display().to_string());
     let default_params = pipeline.default_params();
     let llm_desc = pipeline.llm().description();
+    let vision_precision = pipeline.bundle().manifest.vision.precision.clone();
 
     let cameras = Arc::new(Cameras::start(&cfg.cameras));
     let topics = Topics::new(&mqtt_cfg, &device_id);
@@ -115,7 +116,7 @@ pub fn serve(
     let loaded_at = started.clone();
     let info = {
         let (device_id, topics) = (device_id.clone(), topics.clone());
-        let model = serde_json::json!({"name": model_name, "llm": llm_desc, "path": model_dir.display().to_string()});
+        let model = serde_json::json!({"name": model_name, "llm": llm_desc, "vision": vision_precision, "path": model_dir.display().to_string()});
         move |cfg: &Config| info(cfg, &device_id, &model, &topics, &started)
     };
 
