@@ -69,6 +69,21 @@ def main():
         r = c.chat.completions.create(model="blipd", extra_body={"camera": a.camera},
                                       messages=[{"role": "user", "content": a.prompt}])
         out["openai_camera"] = r.choices[0].message.content
+        # An http:// image_url, served here by a real HTTP server (the daemon
+        # fetches it only where http.allow_image_urls is on).
+        import functools
+        import http.server
+        import os
+        import threading
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=os.path.dirname(os.path.abspath(a.image)))
+        handler.log_message = lambda *args: None
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{srv.server_address[1]}/{os.path.basename(a.image)}"
+        r = c.chat.completions.create(model="blipd", messages=[{"role": "user", "content": [
+            {"type": "text", "text": a.prompt}, {"type": "image_url", "image_url": {"url": url}}]}])
+        out["openai_image_url"] = r.choices[0].message.content
+        srv.shutdown()
         out["transcript"] = [ch.model_dump(exclude_none=True) for ch in chunks]
         json.dump(out, sys.stdout)
         return

@@ -490,7 +490,7 @@ fn the_demo_model_answers_ollama_and_openai_clients_about_its_scenes() {
     };
     let (sent_jpg, shown_png) = (scene(sent, "sent.jpg"), scene(shown, "shown.png"));
     let broker = Mosquitto::start();
-    let (http, port) = http_section(dir.path(), "");
+    let (http, port) = http_section(dir.path(), "allow_image_urls = true");
     let cfg = format!(
         r#"
 device_id = "apidemo"
@@ -524,7 +524,12 @@ url = "mqtt://127.0.0.1:{broker}"
         demo_golden(shown, DEMO_PROMPT),
     );
     assert_ne!(want_sent, want_shown, "two scenes, two answers");
-    for key in ["ollama_image", "ollama_image_stream", "openai_image"] {
+    for key in [
+        "ollama_image",
+        "ollama_image_stream",
+        "openai_image",
+        "openai_image_url",
+    ] {
         assert_eq!(r[key], want_sent.as_str(), "{key}: {r}");
     }
     for key in ["ollama_camera", "openai_camera"] {
