@@ -18,12 +18,18 @@ Only what the reference does is exported: the graphs are traced from
 transformers' own modules (eager attention, opset 18: what tract runs), and
 each graph is checked against PyTorch with onnxruntime before the bundle is
 written. Nothing is written to OUT_DIR unless every step succeeded.
+
+Memory stays small whatever the checkpoint's size: the vision encoder and then
+the Q-Former side are built alone from the safetensors shards (the language
+model is never built in torch), and the language model is streamed tensor by
+tensor from the shards into the GGUF (models/export_llm.py). Quantized types
+are made by `blipd quantize` from an f16 intermediate. The free disk is checked
+before any heavy work; the peak memory and total time are printed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +39,20 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from export_llm import (  # noqa: E402
+    Checkpoint,
+    ExportError,
+    Progress,
+    check_disk,
+    human,
+    log,
+    peak_rss,
+    sha256_file,
+    write_gguf,
+)
+
 EXPORTER_VERSION = "0.1.0"
 FORMAT_VERSION = 1
 ONNX_OPSET = 18
@@ -40,22 +60,6 @@ ONNX_OPSET = 18
 EXPORT_ATOL = 1e-3
 
 LLM_TYPES = ["f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"]
-
-
-class ExportError(Exception):
-    """A checkpoint blipd cannot handle, or a step that failed; printed without a traceback."""
-
-
-def log(msg: str) -> None:
-    print(f"[export {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------
@@ -102,13 +106,6 @@ def check_config(config) -> None:
         raise ExportError("config.image_token_index is not set; the checkpoint is too old for transformers 5")
 
 
-def rope_theta(tc) -> float:
-    params = getattr(tc, "rope_parameters", None) or {}
-    if isinstance(params, dict) and "rope_theta" in params:
-        return float(params["rope_theta"])
-    return float(getattr(tc, "rope_theta", 10000.0))
-
-
 def rope_scaling(tc):
     params = getattr(tc, "rope_parameters", None) or {}
     kind = params.get("rope_type", "default") if isinstance(params, dict) else "default"
@@ -121,24 +118,14 @@ def rope_scaling(tc):
 
 
 def load_checkpoint(ckpt: Path):
-    import torch
-    from transformers import (
-        AutoConfig,
-        AutoTokenizer,
-        BlipImageProcessorPil,
-        GenerationConfig,
-        InstructBlipForConditionalGeneration,
-    )
+    """Config, preprocessing, tokenizers and generation defaults: everything but the weights."""
+    from transformers import AutoConfig, AutoTokenizer, BlipImageProcessorPil, GenerationConfig
 
     try:
         config = AutoConfig.from_pretrained(ckpt)
     except Exception as e:
         raise ExportError(f"{ckpt} has no readable config.json: {e}") from e
     check_config(config)
-    log("loading the checkpoint in float32 (eager attention)")
-    model = InstructBlipForConditionalGeneration.from_pretrained(
-        ckpt, dtype=torch.float32, attn_implementation="eager"
-    ).eval()
     # The reference preprocessing is the PIL backend of BlipImageProcessor.
     image_processor = BlipImageProcessorPil.from_pretrained(ckpt)
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
@@ -149,8 +136,62 @@ def load_checkpoint(ckpt: Path):
     try:
         generation = GenerationConfig.from_pretrained(ckpt)
     except OSError:
-        generation = model.generation_config
-    return model, image_processor, tokenizer, qformer_tokenizer, generation
+        generation = GenerationConfig.from_model_config(config)
+    return config, image_processor, tokenizer, qformer_tokenizer, generation
+
+
+def vision_prefix(ck: Checkpoint) -> str:
+    for p in ("", "model."):
+        if p + "query_tokens" in ck:
+            return p
+    raise ExportError(f"{ck.dir}: no query_tokens tensor; not an InstructBLIP checkpoint")
+
+
+def load_part(ck: Checkpoint, config, part: str):
+    """One part of InstructBlipForConditionalGeneration, in float32 with eager attention,
+    built alone (transformers' own module classes) and filled from the checkpoint: the
+    vision encoder ("vision"), or the query tokens, Q-Former and language_projection
+    ("qformer"). The language model is never built."""
+    import torch
+    from torch import nn
+    from transformers.initialization import no_init_weights
+    from transformers.models.instructblip.modeling_instructblip import (
+        InstructBlipQFormerModel,
+        InstructBlipVisionModel,
+    )
+
+    p = vision_prefix(ck)
+    m = nn.Module()
+    with no_init_weights():
+        if part == "vision":
+            m.vision_model = InstructBlipVisionModel._from_config(
+                config.vision_config, dtype=torch.float32, attn_implementation="eager")
+        else:
+            m.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
+            m.qformer = InstructBlipQFormerModel._from_config(
+                config.qformer_config, dtype=torch.float32, attn_implementation="eager")
+            m.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
+    wanted = m.state_dict().keys()
+    missing = [k for k in wanted if p + k not in ck]
+    if missing:
+        raise ExportError(f"{ck.dir}: {part} tensors missing from the checkpoint: {', '.join(p + k for k in missing[:5])}"
+                          + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    total = sum(ck.numel(p + k) * 4 for k in wanted)
+    bar = Progress(f"loading {part} weights", total)
+    state = {}
+    for k in wanted:
+        state[k] = torch.from_numpy(ck.read(p + k))
+        bar.update(state[k].numel() * 4)
+    bar.close()
+    # assign: the module takes these tensors as its parameters (its own empty ones were
+    # never touched, so never resident): one copy of the weights, not two.
+    try:
+        m.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ExportError(f"{ck.dir}: the {part} tensors do not fit config.json: {e}") from e
+    del state
+    m.config = config
+    return m.eval()
 
 
 # --------------------------------------------------------------------------------------
@@ -248,228 +289,113 @@ def check_onnx(path: Path, feeds: dict, expected) -> float:
     return diff
 
 
-def export_graphs(model, image_size, qformer_tokenizer, out: Path) -> dict:
+# Parts whose weights are larger than this are traced in a child process: torch.onnx
+# keeps references to the traced module's weights after the export (found with gc: its
+# IR tensors stay alive), so only the end of a process frees them, and onnxruntime's
+# copy would come on top. Small parts (the tiny test models) are traced in-process.
+CHILD_MIN_BYTES = 256 << 20
+
+
+def trace_part(ck: Checkpoint, config, part: str, feeds: dict, out: Path) -> dict:
+    """Loads one part (see load_part), runs it on `feeds` (numpy arrays) and writes its
+    ONNX graph; returns the PyTorch outputs the onnxruntime check compares with."""
     import torch
 
     Vision, QFormer = make_wrappers()
-    h, w = image_size
-    gen = torch.Generator().manual_seed(0)
-    pixel_values = torch.randn(1, 3, h, w, generator=gen)
-
-    log("exporting vision.onnx")
-    vision = Vision(model).eval()
-    with torch.no_grad():
-        image_embeds = vision(pixel_values)
-    onnx_export(vision, (pixel_values,), out / "vision.onnx", ["pixel_values"], ["image_embeds"])
-    vdiff = check_onnx(out / "vision.onnx", {"pixel_values": pixel_values.numpy()}, image_embeds.numpy())
-    log(f"vision.onnx matches PyTorch (max abs diff {vdiff:.2e})")
-
+    t = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    if part == "vision":
+        module = Vision(load_part(ck, config, "vision")).eval()
+        log("exporting vision.onnx")
+        with torch.no_grad():
+            image_embeds = module(t["pixel_values"])
+        onnx_export(module, (t["pixel_values"],), out / "vision.onnx", ["pixel_values"], ["image_embeds"])
+        return {"image_embeds": image_embeds.numpy()}
+    module = QFormer(load_part(ck, config, "qformer")).eval()
     log("exporting qformer.onnx")
-    qformer = QFormer(model).eval()
-    enc = qformer_tokenizer(["an example instruction for tracing the graph"], return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    max_text = int(model.config.qformer_config.max_position_embeddings)
-    L = torch.export.Dim("L", min=2, max=max_text)
+    args = (t["image_embeds"], t["input_ids"], t["attention_mask"])
+    L = torch.export.Dim("L", min=2, max=int(config.qformer_config.max_position_embeddings))
     with torch.no_grad():
-        query_embeds = qformer(image_embeds, ids, mask)
+        query_embeds = module(*args)
     onnx_export(
-        qformer,
-        (image_embeds, ids, mask),
+        module,
+        args,
         out / "qformer.onnx",
         ["image_embeds", "input_ids", "attention_mask"],
         ["query_embeds"],
         dynamic_shapes={"image_embeds": None, "input_ids": {1: L}, "attention_mask": {1: L}},
     )
-    # Check at a different length than the trace, so a length baked into the graph shows.
-    enc2 = qformer_tokenizer(["what is shown here?"], return_tensors="pt")
+    # Checked at a different length than the trace, so a length baked into the graph shows.
     with torch.no_grad():
-        expected2 = qformer(image_embeds, enc2["input_ids"], enc2["attention_mask"]).numpy()
+        expected2 = module(t["image_embeds"], t["input_ids2"], t["attention_mask2"]).numpy()
+    return {"query_shape": list(query_embeds.shape), "expected2": expected2}
+
+
+def _trace_in_child(ckpt: str, part: str, feeds: dict, out: str, threads: int, deterministic: bool) -> dict:
+    import torch
+    from transformers import AutoConfig
+
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+    ck = Checkpoint(Path(ckpt))
+    try:
+        return trace_part(ck, AutoConfig.from_pretrained(ckpt), part, feeds, Path(out))
+    finally:
+        ck.close()
+
+
+def run_part(ck: Checkpoint, config, part: str, feeds: dict, out: Path) -> dict:
+    import importlib
+    import multiprocessing
+
+    import torch
+
+    # Always through the module named "export" (also when this file runs as __main__):
+    # the graphs record the wrapper classes' module, which must not depend on how the
+    # exporter was started (__main__, __mp_main__ in a child).
+    mod = importlib.import_module("export")
+    p = vision_prefix(ck)
+    if part == "vision":
+        names = [k for k in ck.names() if k.startswith(p + "vision_model.")]
+    else:
+        names = [k for k in ck.names() if k.startswith((p + "qformer.", p + "query_tokens", p + "language_projection."))]
+    if 4 * sum(ck.numel(k) for k in names) < CHILD_MIN_BYTES:
+        return mod.trace_part(ck, config, part, feeds, out)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(mod._trace_in_child, (str(ck.dir), part, feeds, str(out), torch.get_num_threads(),
+                                                torch.are_deterministic_algorithms_enabled()))
+
+
+def export_graphs(ck: Checkpoint, config, image_size, qformer_tokenizer, out: Path) -> dict:
+    """Each part is loaded, traced and freed, then checked in onnxruntime: at most one
+    copy of one part's weights is in memory at a time."""
+    import torch
+
+    h, w = image_size
+    gen = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(1, 3, h, w, generator=gen).numpy()
+    image_embeds = run_part(ck, config, "vision", {"pixel_values": pixel_values}, out)["image_embeds"]
+    log("checking vision.onnx in onnxruntime")
+    vdiff = check_onnx(out / "vision.onnx", {"pixel_values": pixel_values}, image_embeds)
+    log(f"vision.onnx matches PyTorch (max abs diff {vdiff:.2e})")
+
+    enc = qformer_tokenizer(["an example instruction for tracing the graph"], return_tensors="np")
+    enc2 = qformer_tokenizer(["what is shown here?"], return_tensors="np")
+    feeds = {"image_embeds": image_embeds, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+             "input_ids2": enc2["input_ids"], "attention_mask2": enc2["attention_mask"]}
+    q = run_part(ck, config, "qformer", feeds, out)
+    log("checking qformer.onnx in onnxruntime")
     qdiff = check_onnx(
         out / "qformer.onnx",
-        {
-            "image_embeds": image_embeds.numpy(),
-            "input_ids": enc2["input_ids"].numpy(),
-            "attention_mask": enc2["attention_mask"].numpy(),
-        },
-        expected2,
+        {"image_embeds": image_embeds, "input_ids": enc2["input_ids"], "attention_mask": enc2["attention_mask"]},
+        q["expected2"],
     )
     log(f"qformer.onnx matches PyTorch (max abs diff {qdiff:.2e})")
     return {
         "vision_positions": int(image_embeds.shape[1]),
         "vision_hidden": int(image_embeds.shape[2]),
-        "query_shape": list(query_embeds.shape),
-        "max_text_tokens": max_text,
+        "query_shape": q["query_shape"],
+        "max_text_tokens": int(config.qformer_config.max_position_embeddings),
         "onnx_check": {"vision_max_abs": vdiff, "qformer_max_abs": qdiff},
-    }
-
-
-# --------------------------------------------------------------------------------------
-# LLaMA -> GGUF
-# --------------------------------------------------------------------------------------
-
-
-def permute_qk(w, n_head: int):
-    """The row permutation llama.cpp's converter applies to q/k (HF rotate-half -> interleaved RoPE)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def llama_vocab(ckpt: Path, tokenizer, n_rows: int):
-    """SentencePiece vocab (pieces, scores, types) padded to the embedding matrix's rows."""
-    import gguf
-    import sentencepiece as spm
-
-    sp_path = ckpt / "tokenizer.model"
-    if not sp_path.is_file():
-        raise ExportError(
-            f"{ckpt} has no tokenizer.model: blipd embeds the LLaMA SentencePiece vocabulary in the GGUF "
-            "and needs the original tokenizer.model next to config.json"
-        )
-    sp = spm.SentencePieceProcessor(model_file=str(sp_path))
-    tokens, scores, types = [], [], []
-    for i in range(sp.vocab_size()):
-        piece = sp.id_to_piece(i)
-        t = gguf.TokenType.NORMAL
-        if sp.is_unknown(i):
-            t = gguf.TokenType.UNKNOWN
-        elif sp.is_control(i):
-            t = gguf.TokenType.CONTROL
-        elif sp.is_unused(i):
-            t = gguf.TokenType.UNUSED
-        elif sp.is_byte(i):
-            t = gguf.TokenType.BYTE
-        tokens.append(piece.encode("utf-8"))
-        scores.append(sp.get_score(i))
-        types.append(t)
-    # Tokens the HF tokenizer added on top (e.g. <image>, a pad token).
-    added = {int(i): tok for i, tok in tokenizer.added_tokens_decoder.items() if int(i) >= len(tokens)}
-    if any(i >= n_rows for i in added):
-        raise ExportError(f"tokenizer has tokens beyond the embedding matrix ({n_rows} rows)")
-    for i in range(len(tokens), n_rows):
-        if i in added:
-            tok = added[i]
-            tokens.append(tok.content.encode("utf-8"))
-            types.append(gguf.TokenType.CONTROL if tok.special else gguf.TokenType.USER_DEFINED)
-        else:
-            tokens.append(f"[PAD{i}]".encode("utf-8"))
-            types.append(gguf.TokenType.UNUSED)
-        scores.append(-1000.0)
-    if len(tokens) > n_rows:
-        raise ExportError(f"SentencePiece vocab has {len(tokens)} pieces but the embedding has {n_rows} rows")
-    return tokens, scores, types, sp
-
-
-def write_gguf(model, tokenizer, ckpt: Path, path: Path, llm_type: str, n_layers: int | None = None) -> dict:
-    """`n_layers` above the checkpoint's layer count repeats its last layer
-    (same arrays, written again): for full-depth random-weight speed models
-    (models/make_random.py) without holding every layer in memory."""
-    import gguf
-    import numpy as np
-
-    tc = model.config.text_config
-    n_blocks = max(int(n_layers or 0), int(tc.num_hidden_layers))
-    lm = model.language_model
-    state = {k: v.detach().float().numpy() for k, v in lm.state_dict().items()}
-    state["lm_head.weight"] = model.get_output_embeddings().weight.detach().float().numpy()
-
-    def get(name):
-        for prefix in ("", "model."):
-            if prefix + name in state:
-                return state[prefix + name]
-        raise ExportError(f"language model tensor {name} not found in the checkpoint")
-
-    n_head = tc.num_attention_heads
-    n_kv = tc.num_key_value_heads or n_head
-    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // n_head
-    embd = get("embed_tokens.weight")
-    n_rows = embd.shape[0]
-    tokens, scores, types, sp = llama_vocab(ckpt, tokenizer, n_rows)
-    bos = tc.bos_token_id if tc.bos_token_id is not None else sp.bos_id()
-    eos = tc.eos_token_id if tc.eos_token_id is not None else sp.eos_id()
-    eos_ids = eos if isinstance(eos, list) else [eos]
-
-    float_type = np.float16 if llm_type == "f16" else np.float32
-    ftype = gguf.LlamaFileType.MOSTLY_F16 if llm_type == "f16" else gguf.LlamaFileType.ALL_F32
-
-    log(f"writing llm.gguf ({llm_type if llm_type in ('f32', 'f16') else 'f32, then quantized'})")
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name(ckpt.name)
-    w.add_context_length(int(tc.max_position_embeddings))
-    w.add_embedding_length(int(tc.hidden_size))
-    w.add_block_count(n_blocks)
-    w.add_feed_forward_length(int(tc.intermediate_size))
-    w.add_rope_dimension_count(int(head_dim))
-    w.add_head_count(int(n_head))
-    w.add_head_count_kv(int(n_kv))
-    if head_dim * n_head != tc.hidden_size:
-        w.add_key_length(int(head_dim))
-        w.add_value_length(int(head_dim))
-    w.add_layer_norm_rms_eps(float(tc.rms_norm_eps))
-    w.add_rope_freq_base(rope_theta(tc))
-    w.add_vocab_size(int(n_rows))
-    w.add_file_type(int(ftype))
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(int(bos))
-    w.add_eos_token_id(int(eos_ids[0]))
-    if sp.unk_id() >= 0:
-        w.add_unk_token_id(int(sp.unk_id()))
-    if tc.pad_token_id is not None and 0 <= tc.pad_token_id < n_rows:
-        w.add_pad_token_id(int(tc.pad_token_id))
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    # SentencePiece LLaMA tokenizers prepend a space ("▁") to the text.
-    w.add_add_space_prefix(True)
-
-    converted = {}
-
-    def add(name, arr, quantizable=True, key=None):
-        # `key`: the source tensor; a repeated layer reuses its converted array.
-        if key is not None and key in converted:
-            w.add_tensor(name, converted[key])
-            return
-        arr = np.ascontiguousarray(arr)
-        if arr.ndim == 1 or not quantizable:
-            arr = arr.astype(np.float32)
-        else:
-            arr = arr.astype(float_type)
-        if key is not None:
-            converted[key] = arr
-        w.add_tensor(name, arr)
-
-    add("token_embd.weight", embd)
-    for i in range(n_blocks):
-        src = min(i, tc.num_hidden_layers - 1)
-        p = f"layers.{src}."
-        for dst, name, fn in [
-            ("attn_norm", "input_layernorm.weight", None),
-            ("attn_q", "self_attn.q_proj.weight", n_head),
-            ("attn_k", "self_attn.k_proj.weight", n_kv),
-            ("attn_v", "self_attn.v_proj.weight", None),
-            ("attn_output", "self_attn.o_proj.weight", None),
-            ("ffn_norm", "post_attention_layernorm.weight", None),
-            ("ffn_gate", "mlp.gate_proj.weight", None),
-            ("ffn_up", "mlp.up_proj.weight", None),
-            ("ffn_down", "mlp.down_proj.weight", None),
-        ]:
-            t = get(p + name) if f"{src}.{name}" not in converted else None
-            if t is not None and fn is not None:
-                t = permute_qk(t, fn)
-            add(f"blk.{i}.{dst}.weight", t, key=f"{src}.{name}")
-    add("output_norm.weight", get("norm.weight"))
-    add("output.weight", state["lm_head.weight"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file(progress=sys.stderr.isatty())
-    w.close()
-    return {
-        "hidden_size": int(tc.hidden_size),
-        "vocab_size": int(n_rows),
-        "context_length": int(tc.max_position_embeddings),
-        "bos_token_id": int(bos),
-        "eos_token_ids": [int(e) for e in eos_ids],
     }
 
 
@@ -528,15 +454,18 @@ def versions() -> dict:
 
 
 def export(src: str, out_dir: Path, llm_type: str, blipd: str | None, force: bool, label: str | None = None,
-           n_layers: int | None = None, intermediate: str = "f32") -> dict:
+           n_layers: int | None = None, intermediate: str = "f16") -> dict:
+    t_start = time.monotonic()
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ExportError(f"{out_dir} exists and is not empty (pass --force to replace it)")
     if llm_type not in LLM_TYPES:
         raise ExportError(f"--llm-type {llm_type} is not one of {', '.join(LLM_TYPES)}")
     quantizer = find_blipd(blipd) if llm_type not in ("f32", "f16") else None
     ckpt = resolve_checkpoint(src)
-    model, image_processor, tokenizer, qformer_tokenizer, gc = load_checkpoint(ckpt)
-    cfg = model.config
+    cfg, image_processor, tokenizer, qformer_tokenizer, gc = load_checkpoint(ckpt)
+    ck = Checkpoint(ckpt)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    check_disk(ck, out_dir.parent, llm_type, quantizer is not None)
 
     size = image_processor.size
     if not (getattr(size, "height", None) or (isinstance(size, dict) and size.get("height"))):
@@ -552,10 +481,9 @@ def export(src: str, out_dir: Path, llm_type: str, blipd: str | None, force: boo
         raise ExportError(f"resample filter {image_processor.resample} is not supported")
 
     # Build in a temporary folder beside the output, move into place at the end.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:
-        graphs = export_graphs(model, (h, wd), qformer_tokenizer, tmp)
+        graphs = export_graphs(ck, cfg, (h, wd), qformer_tokenizer, tmp)
         log("saving qformer-tokenizer.json")
         qformer_tokenizer.backend_tokenizer.save(str(tmp / "qformer-tokenizer.json"))
         # The LLM's own HF tokenizer: blipd tokenizes the prompt and decodes the answer
@@ -567,22 +495,27 @@ def export(src: str, out_dir: Path, llm_type: str, blipd: str | None, force: boo
         gguf_name = "llm.gguf"
         if quantizer:
             unquantized = tmp / f"llm-{intermediate}.gguf"
-            llm = write_gguf(model, tokenizer, ckpt, unquantized, intermediate, n_layers)
-            log(f"quantizing to {llm_type} with {quantizer}")
+            llm = write_gguf(ck, cfg, tokenizer, unquantized, intermediate, n_layers)
+            log(f"quantizing {unquantized.name} ({human(unquantized.stat().st_size)}) to {llm_type} with {quantizer}")
+            t0 = time.monotonic()
             r = subprocess.run([quantizer, "quantize", str(unquantized), str(tmp / gguf_name), llm_type])
             if r.returncode != 0:
                 raise ExportError(f"blipd quantize failed with exit code {r.returncode}")
             unquantized.unlink()
+            log(f"quantized to {human((tmp / gguf_name).stat().st_size)} in {time.monotonic() - t0:.0f} s")
         else:
-            llm = write_gguf(model, tokenizer, ckpt, tmp / gguf_name, llm_type, n_layers)
+            llm = write_gguf(ck, cfg, tokenizer, tmp / gguf_name, llm_type, n_layers)
+        ck.close()
 
         if graphs["query_shape"][2] != llm["hidden_size"]:
             raise ExportError("language_projection width differs from the LLM hidden size")
 
         files = {}
-        for f in sorted(tmp.iterdir()):
-            log(f"hashing {f.name}")
-            files[f.name] = {"sha256": sha256_file(f), "size": f.stat().st_size}
+        todo = sorted(tmp.iterdir())
+        bar = Progress("hashing", sum(f.stat().st_size for f in todo))
+        for f in todo:
+            files[f.name] = {"sha256": sha256_file(f, bar), "size": f.stat().st_size}
+        bar.close()
         manifest = {
             "format": "blipd-bundle",
             "format_version": FORMAT_VERSION,
@@ -631,10 +564,12 @@ def export(src: str, out_dir: Path, llm_type: str, blipd: str | None, force: boo
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     except BaseException:
+        ck.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     total = sum(f["size"] for f in files.values())
-    log(f"bundle written to {out_dir} ({total / 1e6:.1f} MB)")
+    log(f"bundle written to {out_dir} ({human(total)})")
+    log(f"done in {time.monotonic() - t_start:.0f} s; peak resident memory {peak_rss()}")
     return manifest
 
 
