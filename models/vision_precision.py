@@ -110,6 +110,7 @@ def derive(src: Path, out: Path, vision: str) -> dict:
     if out.exists():
         raise SystemExit(f"{out} already exists; choose a new folder for the derived bundle")
     vfile = manifest["vision"]["file"]
+    src_sha = manifest["files"][vfile]["sha256"]
     vision_files = {f for f in manifest["files"] if f == vfile or f.startswith(vfile + ".")}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".vision-int8-", dir=out.parent))
@@ -134,7 +135,7 @@ def derive(src: Path, out: Path, vision: str) -> dict:
         manifest["vision"]["precision"] = "int8"
         manifest["vision"]["derived_from"] = {
             "precision": "f32",
-            "sha256": manifest_sha(src, vfile),
+            "sha256": src_sha,
             "tool": "onnxruntime.quantization.quantize_dynamic (MatMul, QInt8 weights, per tensor)",
             "agreement": report,
         }
@@ -148,10 +149,6 @@ def derive(src: Path, out: Path, vision: str) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
-
-
-def manifest_sha(src: Path, vfile: str) -> str:
-    return json.loads((src / "bundle.json").read_text())["files"][vfile]["sha256"]
 
 
 def main(argv=None) -> int:

@@ -64,19 +64,24 @@ fn goldens() -> Goldens {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// `bundle` on 2 threads, and greedy decoding as the goldens were made.
+fn load(bundle: &Path, g: &Goldens) -> (Pipeline, GenerateParams) {
+    let opts = PipelineOptions::default().with_threads(2);
+    let params = GenerateParams {
+        max_new_tokens: g.max_new_tokens,
+        sampling: None,
+        constraint: None,
+    };
+    (Pipeline::load(bundle, &opts).unwrap(), params)
+}
+
 /// Per question type: (right, asked, agreeing with the reference's text).
 type Scores = BTreeMap<String, (usize, usize, usize)>;
 
 /// Every held-out case through the pipeline of `bundle`; `check_goldens`
 /// also holds the golden subset to the reference's tokens and Q-Former output.
 fn score(bundle: &Path, g: &Goldens, check_goldens: bool) -> Scores {
-    let opts = PipelineOptions::default().with_threads(2);
-    let mut p = Pipeline::load(bundle, &opts).unwrap();
-    let params = GenerateParams {
-        max_new_tokens: g.max_new_tokens,
-        sampling: None,
-        constraint: None,
-    };
+    let (mut p, params) = load(bundle, g);
     let mut scores = Scores::new();
     let mut goldens = 0;
     for case in &g.cases {
@@ -146,6 +151,16 @@ fn assert_close(name: &str, got: &Scores, base: &BTreeMap<String, f64>, points: 
     }
 }
 
+/// Runs a bundle-deriving command; its stderr is the failure message.
+fn run_ok(what: &str, cmd: &mut Command) {
+    let st = cmd.output().unwrap();
+    assert!(
+        st.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
 /// The demo bundle with int8 vision, made by models/vision_precision.py.
 fn int8_vision(out: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -155,17 +170,13 @@ fn int8_vision(out: &Path) {
         "{} is missing: `make venv` sets up the exporter's environment",
         python.display()
     );
-    let st = Command::new(python)
-        .arg(root.join("models/vision_precision.py"))
-        .arg(demo_dir())
-        .arg(out)
-        .args(["--vision", "int8"])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "models/vision_precision.py: {}",
-        String::from_utf8_lossy(&st.stderr)
+    run_ok(
+        "models/vision_precision.py",
+        Command::new(python)
+            .arg(root.join("models/vision_precision.py"))
+            .arg(demo_dir())
+            .arg(out)
+            .args(["--vision", "int8"]),
     );
 }
 
@@ -173,13 +184,7 @@ fn int8_vision(out: &Path) {
 /// Q-Former output against transformers' (f32) one, and how many greedy
 /// answers are token-identical.
 fn qformer_agreement(bundle: &Path, g: &Goldens) -> (f64, f32, usize, usize) {
-    let opts = PipelineOptions::default().with_threads(2);
-    let mut p = Pipeline::load(bundle, &opts).unwrap();
-    let params = GenerateParams {
-        max_new_tokens: g.max_new_tokens,
-        sampling: None,
-        constraint: None,
-    };
+    let (mut p, params) = load(bundle, g);
     let (mut cos_min, mut max_abs, mut same, mut n) = (1.0f64, 0.0f32, 0, 0);
     for case in g.cases.iter().filter(|c| c.golden) {
         let img = Scene::sample(case.seed).render(g.eval_size[0], g.eval_size[1]);
@@ -202,17 +207,13 @@ fn qformer_agreement(bundle: &Path, g: &Goldens) -> (f64, f32, usize, usize) {
 }
 
 fn quantize(kind: &str, out: &Path) {
-    let st = Command::new(env!("CARGO_BIN_EXE_blipd"))
-        .args(["quantize", "--threads", "2"])
-        .arg(demo_dir())
-        .arg(out)
-        .arg(kind)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "blipd quantize {kind}: {}",
-        String::from_utf8_lossy(&st.stderr)
+    run_ok(
+        &format!("blipd quantize {kind}"),
+        Command::new(env!("CARGO_BIN_EXE_blipd"))
+            .args(["quantize", "--threads", "2"])
+            .arg(demo_dir())
+            .arg(out)
+            .arg(kind),
     );
 }
 

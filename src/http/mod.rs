@@ -62,7 +62,7 @@ impl ApiError {
     /// An unknown model name: 404, as both APIs answer it.
     pub fn unknown_model(name: &str, cameras: &[String]) -> Self {
         let mut names = vec![MODEL.to_string()];
-        names.extend(cameras.iter().map(|c| format!("{MODEL}:{c}")));
+        names.extend(camera_models(cameras));
         Self::new(
             ErrorCode::UnknownCamera,
             format!(
@@ -95,6 +95,11 @@ impl From<wire::ErrorReply> for ApiError {
     fn from(e: wire::ErrorReply) -> Self {
         Self::new(e.error.code, e.error.message)
     }
+}
+
+/// `blipd:<camera>` for each camera (the model names that ask a camera).
+pub fn camera_models(cameras: &[String]) -> impl Iterator<Item = String> + '_ {
+    cameras.iter().map(|c| format!("{MODEL}:{c}"))
 }
 
 /// Resolves a model name and the `camera` extension to what is asked about.
@@ -148,21 +153,33 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
 }
 
-/// The daemon's request for a prompt about `target`, with `image` the
-/// picture's base64 (or data: URL) when the target is the picture.
+/// Where the picture a request sends is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Picture {
+    /// Base64 (or a `data:` URL): the daemon's request carries it as it is.
+    Inline(String),
+    /// An http(s) URL, fetched by the server (only where
+    /// `http.allow_image_urls` is on) before the request is queued.
+    Url(String),
+}
+
+/// The daemon's request for a prompt about `target`: a camera, or the
+/// picture sent (an inline one goes into `image`; a URL's bytes are added
+/// by the server after fetching it).
 pub fn request(
     prompt: String,
     target: &Target,
-    image: Option<String>,
+    picture: Option<&Picture>,
 ) -> Result<wire::Request, ApiError> {
-    let (camera, image) = match (target, image) {
+    let (camera, image) = match (target, picture) {
         (Target::Camera(_), Some(_)) => {
             return Err(ApiError::bad(
                 "a request asks a camera (model blipd:<camera> or \"camera\") or sends an image, not both",
             ))
         }
         (Target::Camera(c), None) => (Some(c.clone()), None),
-        (Target::Image, Some(i)) => (None, Some(i)),
+        (Target::Image, Some(Picture::Inline(i))) => (None, Some(i.clone())),
+        (Target::Image, Some(Picture::Url(_))) => (None, None),
         (Target::Image, None) => {
             return Err(ApiError::bad(
                 "no image: attach one, or ask a camera with the model blipd:<camera>",
@@ -253,11 +270,19 @@ mod tests {
 
     #[test]
     fn a_request_needs_exactly_one_picture_source() {
-        let r = request("What?".into(), &Target::Image, Some("abc".into())).unwrap();
+        let inline = Picture::Inline("abc".into());
+        let r = request("What?".into(), &Target::Image, Some(&inline)).unwrap();
         assert_eq!((r.camera, r.image.as_deref()), (None, Some("abc")));
+        let url = Picture::Url("http://cam/a.jpg".into());
+        let r = request("What?".into(), &Target::Image, Some(&url)).unwrap();
+        assert_eq!(
+            (r.camera, r.image),
+            (None, None),
+            "a URL's bytes come later"
+        );
         let r = request("What?".into(), &Target::Camera("door".into()), None).unwrap();
         assert_eq!(r.camera.as_deref(), Some("door"));
         assert!(request("What?".into(), &Target::Image, None).is_err());
-        assert!(request("W".into(), &Target::Camera("door".into()), Some("a".into())).is_err());
+        assert!(request("W".into(), &Target::Camera("door".into()), Some(&inline)).is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! NDJSON, one object per line, the last with `done: true` and the timing
 //! fields; errors are `{"error": "..."}`.
 
-use super::{max_tokens, seed, shorten, target, temperature, ApiError, Target};
+use super::{max_tokens, seed, shorten, target, temperature, ApiError, Picture, Target};
 use crate::mqtt::wire::{self, AnswerReply};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -87,8 +87,7 @@ pub struct ShowRequest {
     pub name: Option<String>,
 }
 
-/// A translated request: the daemon's request, whether to stream, and
-/// whether it was only a "load the model" call (no prompt, no images).
+/// A translated request: the daemon's request and whether to stream it.
 #[derive(Debug)]
 pub struct Translated {
     pub request: wire::Request,
@@ -127,7 +126,7 @@ fn apply(mut req: wire::Request, c: Common, limit: usize) -> Result<wire::Reques
     Ok(req)
 }
 
-fn one_image(mut images: Vec<String>) -> Result<Option<String>, ApiError> {
+fn one_image(mut images: Vec<String>) -> Result<Option<Picture>, ApiError> {
     if images.len() > 1 {
         return Err(ApiError::bad(format!(
             "{} images: this model looks at one picture per question",
@@ -135,7 +134,7 @@ fn one_image(mut images: Vec<String>) -> Result<Option<String>, ApiError> {
         ))
         .param("images"));
     }
-    Ok(images.pop())
+    Ok(images.pop().map(Picture::Inline))
 }
 
 /// `/api/generate` as the daemon's request.
@@ -147,7 +146,7 @@ pub fn generate(
     let c = r.common;
     let t = target(&c.model, c.camera.as_deref(), cameras)?;
     let image = one_image(r.images)?;
-    let req = super::request(r.prompt, &t, image)?;
+    let req = super::request(r.prompt, &t, image.as_ref())?;
     let stream = c.stream.unwrap_or(true);
     Ok(Translated {
         request: apply(req, c, limit)?,
@@ -168,7 +167,7 @@ pub fn chat(r: ChatRequest, cameras: &[String], limit: usize) -> Result<Translat
         Target::Image => one_image(last.images)?,
         Target::Camera(_) => None,
     };
-    let req = super::request(last.content, &t, image)?;
+    let req = super::request(last.content, &t, image.as_ref())?;
     let stream = c.stream.unwrap_or(true);
     Ok(Translated {
         request: apply(req, c, limit)?,
@@ -331,7 +330,6 @@ pub struct ModelInfo {
     pub size: u64,
     /// RFC 3339 time the daemon started (the model's "modified_at").
     pub loaded_at: String,
-    pub cameras: Vec<String>,
 }
 
 impl ModelInfo {
@@ -346,18 +344,10 @@ impl ModelInfo {
         })
     }
 
-    /// Every model name: `blipd` and `blipd:<camera>` per camera.
-    pub fn names(&self) -> Vec<String> {
-        let mut v = vec![format!("{}:latest", super::MODEL)];
-        v.extend(self.cameras.iter().map(|c| format!("{}:{c}", super::MODEL)));
-        v
-    }
-
-    /// `GET /api/tags`.
-    pub fn tags(&self) -> Value {
-        let models: Vec<Value> = self
-            .names()
-            .into_iter()
+    /// `GET /api/tags`: `blipd:latest` and `blipd:<camera>` per camera.
+    pub fn tags(&self, cameras: &[String]) -> Value {
+        let models: Vec<Value> = std::iter::once(format!("{}:latest", super::MODEL))
+            .chain(super::camera_models(cameras))
             .map(|n| {
                 serde_json::json!({
                     "name": n,

@@ -3,7 +3,7 @@
 //! events ending in `data: [DONE]`, errors as
 //! `{"error": {"message", "type", "param", "code"}}`.
 
-use super::{max_tokens, seed, shorten, target, temperature, ApiError, Target};
+use super::{max_tokens, seed, target, temperature, ApiError, Picture};
 use crate::mqtt::wire::{self, AnswerReply, ErrorCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -86,15 +86,6 @@ pub struct ChatRequest {
     pub camera: Option<String>,
 }
 
-/// Where the picture of a request is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Picture {
-    /// A `data:` URL (or bare base64), for the daemon's request as it is.
-    Inline(String),
-    /// An http(s) URL, fetched only where `http.allow_image_urls` is on.
-    Url(String),
-}
-
 /// A translated request.
 #[derive(Debug)]
 pub struct Translated {
@@ -149,17 +140,7 @@ pub fn chat(r: ChatRequest, cameras: &[String], limit: usize) -> Result<Translat
         return Err(ApiError::bad("n must be 1: one answer per question").param("n"));
     }
     let (prompt, picture) = last_user(r.messages)?;
-    let inline = match (&t, &picture) {
-        (Target::Image, Some(Picture::Inline(s))) => Some(s.clone()),
-        // Placeholder so the target check passes; replaced by the fetched bytes.
-        (Target::Image, Some(Picture::Url(_))) => Some(String::new()),
-        (Target::Camera(_), Some(_)) => Some(String::new()),
-        (_, None) => None,
-    };
-    let mut req = super::request(prompt, &t, inline)?;
-    if matches!(picture, Some(Picture::Url(_))) {
-        req.image = None;
-    }
+    let mut req = super::request(prompt, &t, picture.as_ref())?;
     req.max_tokens = max_tokens(r.max_completion_tokens.or(r.max_tokens), limit);
     req.temperature = temperature(r.temperature);
     req.top_p = r.top_p;
@@ -292,11 +273,6 @@ pub fn models(names: &[String], created: u64) -> Value {
         .map(|n| serde_json::json!({"id": n, "object": "model", "created": created, "owned_by": "blipd"}))
         .collect();
     serde_json::json!({"object": "list", "data": data})
-}
-
-/// A picture URL quoted in an error.
-pub fn quote_url(u: &str) -> String {
-    shorten(u)
 }
 
 #[cfg(test)]

@@ -38,6 +38,13 @@ impl Cameras {
         self.read().keys().cloned().collect()
     }
 
+    /// Every camera's health, in name order (the stats message and `/metrics`).
+    pub fn statuses(&self) -> Vec<crate::camera::CameraStatus> {
+        let mut v: Vec<_> = self.read().values().map(|(_, cam)| cam.status()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
     /// The topic filters of the `mqtt` cameras (for the session to subscribe).
     pub fn frame_topics(&self) -> BTreeSet<String> {
         self.read()

@@ -146,7 +146,6 @@ pub fn serve(
                 llm: llm_desc.clone(),
                 size: dir_size(&model_dir),
                 loaded_at,
-                cameras: Vec::new(),
             },
             api_key,
             next_id: Default::default(),

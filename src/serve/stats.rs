@@ -114,6 +114,12 @@ impl Stats {
         self.recent.push_back(t.clone());
     }
 
+    /// Mean answer time over the recent answers (Retry-After for `busy`).
+    pub fn mean_total_ms(&self) -> Option<f64> {
+        let n = self.recent.len();
+        (n > 0).then(|| self.recent.iter().map(|t| t.stages.total_ms).sum::<f64>() / n as f64)
+    }
+
     pub fn watch_failed(&mut self) {
         self.watch_runs += 1;
         self.watch_errors += 1;

@@ -149,7 +149,7 @@ pub async fn next(events: &mut UnboundedReceiver<HttpEvent>) -> HttpEvent {
 /// `http.allow_image_urls` is on): at most `limits.max_image_bytes`,
 /// 10 s per step, no more than 3 redirects, off the runtime's threads.
 pub async fn fetch_picture(s: &ApiState, url: String) -> Result<Arc<[u8]>, ApiError> {
-    let shown = crate::http::openai::quote_url(&url);
+    let shown = crate::mqtt::wire::shorten(&url);
     if !s.config().http.allow_image_urls {
         return Err(ApiError::bad(format!(
             "image_url {shown:?}: URLs are not fetched here (http.allow_image_urls is off); \

@@ -76,8 +76,7 @@ fn error(s: &ApiState, api: Api, e: &ApiError) -> Response {
 
 /// Seconds until a place in the queue is likely: the mean answer time.
 fn retry_after(s: &ApiState) -> u64 {
-    let f = s.stats.lock().figures((0, 0), false);
-    let ms = f["latency"]["total_ms"]["mean"].as_f64().unwrap_or(1000.0);
+    let ms = s.stats.lock().mean_total_ms().unwrap_or(1000.0);
     ((ms / 1000.0).ceil() as u64).clamp(1, 300)
 }
 
@@ -159,18 +158,12 @@ async fn version() -> Response {
 }
 
 async fn tags(State(s): S) -> Response {
-    let mut m = s.model.clone();
-    m.cameras = s.camera_names();
-    value(m.tags())
+    value(s.model.tags(&s.camera_names()))
 }
 
 async fn models(State(s): S) -> Response {
     let mut names = vec![http::MODEL.to_string()];
-    names.extend(
-        s.camera_names()
-            .iter()
-            .map(|c| format!("{}:{c}", http::MODEL)),
-    );
+    names.extend(http::camera_models(&s.camera_names()));
     value(openai::models(&names, http::unix_now()))
 }
 
@@ -189,12 +182,7 @@ async fn metrics(State(s): S) -> Response {
     let depth = s.queue.depth();
     let busy = s.liveness.stalled_for().is_some();
     let mut f = s.stats.lock().figures(depth, busy);
-    let cams: Vec<_> = s
-        .camera_names()
-        .iter()
-        .filter_map(|n| s.cameras.get(n).map(|c| c.status()))
-        .collect();
-    f["cameras"] = serde_json::to_value(cams).unwrap_or_default();
+    f["cameras"] = serde_json::to_value(s.cameras.statuses()).unwrap_or_default();
     (
         [(header::CONTENT_TYPE, http::prometheus::CONTENT_TYPE)],
         http::prometheus::render(&f),
@@ -357,7 +345,7 @@ async fn completions(State(s): S, headers: HeaderMap, b: Body) -> Response {
         Err(e) => return error(&s, Api::OpenAi, &e),
     };
     let picture = match t.picture {
-        Some(openai::Picture::Url(url)) => match ask::fetch_picture(&s, url).await {
+        Some(http::Picture::Url(url)) => match ask::fetch_picture(&s, url).await {
             Ok(p) => Some(p),
             Err(e) => {
                 s.stats.lock().error(e.code);

@@ -41,15 +41,8 @@ impl Session {
             let depth = self.queue.as_ref().map(|q| q.depth()).unwrap_or_default();
             let busy = self.cfg.systemd.liveness.stalled_for().is_some();
             let mut report = self.stats.lock().report(depth, busy);
-            report["cameras"] = serde_json::to_value(
-                self.cfg
-                    .cameras
-                    .names()
-                    .iter()
-                    .filter_map(|n| self.cfg.cameras.get(n).map(|c| c.status()))
-                    .collect::<Vec<_>>(),
-            )
-            .unwrap_or_default();
+            report["cameras"] =
+                serde_json::to_value(self.cfg.cameras.statuses()).unwrap_or_default();
             let topic = self.cfg.topics.stats.clone();
             self.push(
                 topic,
