@@ -84,12 +84,28 @@ def preset(name: str, stub_layers: int) -> dict:
         qformer=QFORMER,
         num_query_tokens=32,
         llama=llama,
-        sp_vocab=320,
+        sp_vocab=32000,
         vocab_rows=VOCAB_ROWS,
-        bert_vocab=260,
+        bert_vocab=30522,
+        corpus_lines=tokenizer_corpus(),
         max_new_tokens=20,
         depth=depth,
     )
+
+
+def tokenizer_corpus() -> list[str]:
+    """Seeded text a 32000-piece LLaMA SentencePiece and a 30522-word BERT
+    WordPiece vocabulary can be trained on (the real tokenizers' sizes; the
+    real ones cannot be downloaded here): Zipf-distributed pseudo-words of
+    consonant-vowel syllables, plus make_tiny's English corpus and prompts so
+    the test questions tokenize into real pieces."""
+    rng = np.random.default_rng(7)
+    syllables = [a + b for a in "bcdfghjklmnprstvwz" for b in "aeiou"] + list("aeiou")
+    lens = rng.integers(1, 5, 60000)
+    words = list(dict.fromkeys("".join(syllables[i] for i in rng.integers(0, len(syllables), n)) for n in lens))
+    p = 1.0 / np.arange(1, len(words) + 1) ** 0.8
+    rows = rng.choice(len(words), size=(40000, 12), p=p / p.sum())
+    return [" ".join(words[i] for i in row) for row in rows] + make_tiny.CORPUS.splitlines() + make_tiny.PROMPTS
 
 
 def init_std(name: str, shape: tuple) -> tuple[float, float]:

@@ -192,7 +192,8 @@ def train_tokenizers(preset: dict, tmp: Path, lines: list[str] | None = None):
     import sentencepiece as spm
     from transformers import BertTokenizer, LlamaTokenizer
 
-    lines = lines if lines is not None else CORPUS.splitlines() + PROMPTS
+    if lines is None:
+        lines = preset.get("corpus_lines") or CORPUS.splitlines() + PROMPTS
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines * 4),
         model_prefix=str(tmp / "llama"),
@@ -291,7 +292,11 @@ def floats(t) -> list[float]:
     return [float(f"{v:.9g}") for v in t.flatten().tolist()]
 
 
-def goldens(name: str, preset: dict, ckpt: Path, images: Path, image_names: list[str]) -> dict:
+def goldens(name: str, preset: dict, ckpt: Path, images: Path, image_names: list[str],
+            min_margin: float | None = MIN_MARGIN, step_margins: bool = False) -> dict:
+    """Transformers' outputs per image and per image x prompt. A greedy step
+    decided by less than `min_margin` aborts (None: only record the margins);
+    `step_margins` also records each step's top-1/top-2 logit margin."""
     import torch
     from PIL import Image
     from transformers import (
@@ -342,8 +347,8 @@ def goldens(name: str, preset: dict, ckpt: Path, images: Path, image_names: list
             for s in gen.scores:
                 top = torch.topk(s[0], 2).values
                 margins.append(float(top[0] - top[1]))
-            if min(margins) < MIN_MARGIN:
-                raise SystemExit(f"{name}: greedy step with logit margin {min(margins):g} < {MIN_MARGIN}; "
+            if min_margin is not None and min(margins) < min_margin:
+                raise SystemExit(f"{name}: greedy step with logit margin {min(margins):g} < {min_margin}; "
                                  "change the preset's seed")
             text = processor.tokenizer.decode(new, skip_special_tokens=True)
             out["cases"].append({
@@ -356,6 +361,7 @@ def goldens(name: str, preset: dict, ckpt: Path, images: Path, image_names: list
                 "tokens": new,
                 "text": text,
                 "min_logit_margin": min(margins),
+                **({"logit_margins": margins} if step_margins else {}),
             })
             log(f"{name} {img_name} {prompt[:30]!r}: {len(new)} tokens, min margin {min(margins):.3f}")
     return out
