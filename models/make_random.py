@@ -217,7 +217,7 @@ def main(argv=None) -> int:
         return 1
     full = args.full_hf or args.hub_layout
     p = preset(args.preset, LLAMA[args.preset]["num_hidden_layers"] if full else 1)
-    # The SentencePiece vocabulary is tiny; the embedding and output rows are Vicuna's.
+    # Tokenizers of the real sizes (tokenizer_corpus); the embedding and output rows are Vicuna's.
     t0 = time.monotonic()
     if ckpt.exists():
         shutil.rmtree(ckpt)

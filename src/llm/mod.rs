@@ -162,6 +162,8 @@ impl Llm {
             ContextParams {
                 n_ctx,
                 n_threads: opts.threads,
+                // An f32 GGUF is the reference path: keep attention in f32 too.
+                f32_attention: spec.weight_type == "f32",
             },
         )?;
         let image_token_id = tokenizer.token_to_id("<image>");

@@ -39,6 +39,9 @@ pub struct GoldenCase {
     pub tokens: Vec<u32>,
     pub text: String,
     pub min_logit_margin: f64,
+    /// Each greedy step's top-1/top-2 margin (full-depth goldens only).
+    #[serde(default)]
+    pub logit_margins: Vec<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,7 +54,11 @@ pub struct Golden {
 }
 
 pub fn golden(preset: &str) -> Golden {
-    let path = fixtures().join("goldens").join(format!("{preset}.json"));
+    golden_at(&fixtures().join("goldens").join(format!("{preset}.json")))
+}
+
+/// Goldens in a file of the same shape elsewhere (models/parity_full.py).
+pub fn golden_at(path: &std::path::Path) -> Golden {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
