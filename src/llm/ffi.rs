@@ -10,7 +10,7 @@ use llama_cpp_sys_2 as sys;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 
 /// Errors from llama.cpp calls.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,19 @@ pub enum LlamaError {
 
 static BACKEND: Once = Once::new();
 
+/// Where [`quantize`] reports "tensor i of n": llama.cpp only says it in its
+/// log, one `[   i/   n] name ...` line per tensor, so the log callback reads
+/// the counter from there while a quantization runs.
+type QuantizeProgress = Box<dyn FnMut(usize, usize) + Send>;
+static QUANTIZE_PROGRESS: Mutex<Option<QuantizeProgress>> = Mutex::new(None);
+
+/// `(i, n)` from a quantizer log line `[   i/   n] name - [...]`.
+fn tensor_counter(msg: &str) -> Option<(usize, usize)> {
+    let inner = msg.strip_prefix('[')?.split_once(']')?.0;
+    let (i, n) = inner.split_once('/')?;
+    Some((i.trim().parse().ok()?, n.trim().parse().ok()?))
+}
+
 /// llama.cpp logs through a global callback: route it to `tracing` so the
 /// daemon's logs stay structured, and keep its chatty load-time output at
 /// debug level.
@@ -47,6 +60,13 @@ unsafe extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_cha
     let msg = msg.trim_end();
     if msg.is_empty() {
         return;
+    }
+    if let Some((i, n)) = tensor_counter(msg) {
+        if let Ok(mut slot) = QUANTIZE_PROGRESS.lock() {
+            if let Some(progress) = slot.as_mut() {
+                progress(i, n);
+            }
+        }
     }
     match level {
         sys::GGML_LOG_LEVEL_ERROR => tracing::error!(target: "llama.cpp", "{msg}"),
@@ -549,8 +569,15 @@ pub fn grammar_parses(gbnf: &str) -> bool {
 }
 
 /// Quantizes a GGUF file with llama.cpp's own quantizer.
-pub fn quantize(input: &Path, output: &Path, ftype: u32, threads: i32) -> Result<(), LlamaError> {
+pub fn quantize(
+    input: &Path,
+    output: &Path,
+    ftype: u32,
+    threads: i32,
+    progress: Option<QuantizeProgress>,
+) -> Result<(), LlamaError> {
     backend_init();
+    let _progress = ProgressSlot::set(progress);
     let (cin, cout) = (c_path(input)?, c_path(output)?);
     // SAFETY: plain defaults struct.
     let mut p = unsafe { sys::llama_model_quantize_default_params() };
@@ -566,6 +593,27 @@ pub fn quantize(input: &Path, output: &Path, ftype: u32, threads: i32) -> Result
         });
     }
     Ok(())
+}
+
+/// Holds [`QUANTIZE_PROGRESS`] for one quantization and clears it after,
+/// also when the call fails.
+struct ProgressSlot;
+
+impl ProgressSlot {
+    fn set(progress: Option<QuantizeProgress>) -> Self {
+        if let Ok(mut slot) = QUANTIZE_PROGRESS.lock() {
+            *slot = progress;
+        }
+        Self
+    }
+}
+
+impl Drop for ProgressSlot {
+    fn drop(&mut self) {
+        if let Ok(mut slot) = QUANTIZE_PROGRESS.lock() {
+            *slot = None;
+        }
+    }
 }
 
 /// Hands freed heap memory back to the OS (glibc's `malloc_trim`).
@@ -586,5 +634,22 @@ pub fn release_free_heap() {
         unsafe {
             malloc_trim(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tensor_counter;
+
+    #[test]
+    fn reads_the_quantizers_tensor_counter() {
+        let line = "[  12/ 291]                  blk.1.attn_q.weight - [ 4096,  4096,     1,     1], type =    f16, ";
+        assert_eq!(tensor_counter(line), Some((12, 291)));
+        assert_eq!(
+            tensor_counter("llama_model_quantize_impl: model size = 12.5 MiB"),
+            None
+        );
+        assert_eq!(tensor_counter("[x/2] y"), None);
+        assert_eq!(tensor_counter("[3/] y"), None);
     }
 }
