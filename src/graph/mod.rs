@@ -6,6 +6,10 @@
 //! multithreaded executor sized by the caller, because tract's default
 //! executor is single-threaded and reads no environment variable.
 
+mod fold;
+pub mod quantize;
+
+pub use fold::fold_weight_work;
 use std::path::Path;
 use tract_onnx::prelude::*;
 
@@ -73,7 +77,16 @@ impl Graph {
         };
         let plan = model
             .into_optimized()
-            .and_then(|m| m.into_runnable_with_options(&options))
+            .and_then(|mut m| {
+                let (folded, swapped) = finish(&mut m)?;
+                tracing::debug!(
+                    graph = name,
+                    folded,
+                    swapped,
+                    "precomputed weight-only nodes"
+                );
+                m.into_runnable_with_options(&options)
+            })
             .map_err(err)?;
         let fact = plan.model().output_fact(0).map_err(err)?;
         if fact.shape.as_concrete() != Some(output) {
@@ -108,6 +121,21 @@ impl Graph {
     pub fn name(&self) -> &'static str {
         self.name
     }
+}
+
+/// blipd's own steps after tract's `into_optimized`: precompute the work on
+/// weights alone ([`fold_weight_work`]) and use the SIMD
+/// [`quantize::DynamicQuantizeU8`]. Returns (nodes folded, ops swapped).
+pub fn finish(model: &mut TypedModel) -> TractResult<(usize, usize)> {
+    let folded = fold_weight_work(model)?;
+    let mut swapped = 0;
+    for node in model.nodes_mut() {
+        if node.op.name() == quantize::TRACT_OP_NAME {
+            node.op = Box::new(quantize::DynamicQuantizeU8);
+            swapped += 1;
+        }
+    }
+    Ok((folded, swapped))
 }
 
 /// Copies an f32 tensor out, checking its shape.
