@@ -527,8 +527,14 @@ fn sampler_params(a: &AskArgs, temperature: f32) -> Result<SamplerParams> {
 
 fn quantize(q: QuantizeArgs) -> Result<()> {
     let kind = q.kind.to_ascii_lowercase();
-    let Some(&(_, ftype)) = ffi::QUANT_TYPES.iter().find(|(n, _)| *n == kind) else {
-        let names: Vec<_> = ffi::QUANT_TYPES.iter().map(|(n, _)| *n).collect();
+    let Some(&(_, ftype)) = blipd::llm::quantize::QUANT_TYPES
+        .iter()
+        .find(|(n, _)| *n == kind)
+    else {
+        let names: Vec<_> = blipd::llm::quantize::QUANT_TYPES
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
         bail!(
             "unknown type {}; choose one of {}",
             q.kind,

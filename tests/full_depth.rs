@@ -13,11 +13,9 @@ mod common;
 
 use blipd::llm::GenerateParams;
 use blipd::preprocess::{load_rgb, Preprocessor};
-use blipd::vision::ImageFeatures;
 use blipd::{Pipeline, PipelineOptions};
 use common::*;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 const FEATURE_TOL: f32 = 1e-4;
 const PIXEL_TOL: f32 = 1e-6;
@@ -75,20 +73,7 @@ fn full_depth_bundle_matches_transformers() {
     {
         let qformer = blipd::qformer::QFormer::load(&bundle, 2).unwrap();
         for case in &g.cases {
-            let img = &g.images[&case.image];
-            let text = qformer.tokenize(&case.prompt).unwrap();
-            assert_eq!(
-                text.ids, case.qformer_input_ids,
-                "Q-Former tokens of {:?}",
-                case.prompt
-            );
-            let feats = ImageFeatures {
-                positions: img.vision_shape[1],
-                hidden: img.vision_shape[2],
-                data: Arc::new(img.vision.clone()),
-            };
-            let out = qformer.run(&feats, &text).unwrap();
-            let diff = max_abs_diff(&out, &case.qformer);
+            let diff = qformer_case_diff(&qformer, &g, case);
             eprintln!(
                 "{} {:.24}: Q-Former + projection max abs diff {diff:e} (largest |value| {:.3})",
                 case.image,

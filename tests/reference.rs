@@ -6,10 +6,8 @@ mod common;
 
 use blipd::llm::GenerateParams;
 use blipd::preprocess::{load_rgb, Preprocessor};
-use blipd::vision::ImageFeatures;
 use blipd::{Pipeline, PipelineOptions};
 use common::*;
-use std::sync::Arc;
 
 /// Stage tolerances from the issue: vision and Q-Former within 1e-4 max-abs,
 /// pixel_values within 1e-6 for PNG.
@@ -69,20 +67,7 @@ fn qformer_matches_reference() {
         let bundle = blipd::bundle::Bundle::open(bundle_dir(preset)).unwrap();
         let qformer = blipd::qformer::QFormer::load(&bundle, 2).unwrap();
         for case in &g.cases {
-            let img = &g.images[&case.image];
-            let text = qformer.tokenize(&case.prompt).unwrap();
-            assert_eq!(
-                text.ids, case.qformer_input_ids,
-                "{preset}: Q-Former tokens of {:?}",
-                case.prompt
-            );
-            let feats = ImageFeatures {
-                positions: img.vision_shape[1],
-                hidden: img.vision_shape[2],
-                data: Arc::new(img.vision.clone()),
-            };
-            let out = qformer.run(&feats, &text).unwrap();
-            let diff = max_abs_diff(&out, &case.qformer);
+            let diff = qformer_case_diff(&qformer, &g, case);
             eprintln!(
                 "{preset} {} {:.20}: qformer max abs diff {diff:e}",
                 case.image, case.prompt

@@ -10,7 +10,7 @@ use llama_cpp_sys_2 as sys;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Once};
 
 /// Errors from llama.cpp calls.
 #[derive(Debug, thiserror::Error)]
@@ -35,19 +35,6 @@ pub enum LlamaError {
 
 static BACKEND: Once = Once::new();
 
-/// Where [`quantize`] reports "tensor i of n": llama.cpp only says it in its
-/// log, one `[   i/   n] name ...` line per tensor, so the log callback reads
-/// the counter from there while a quantization runs.
-type QuantizeProgress = Box<dyn FnMut(usize, usize) + Send>;
-static QUANTIZE_PROGRESS: Mutex<Option<QuantizeProgress>> = Mutex::new(None);
-
-/// `(i, n)` from a quantizer log line `[   i/   n] name - [...]`.
-fn tensor_counter(msg: &str) -> Option<(usize, usize)> {
-    let inner = msg.strip_prefix('[')?.split_once(']')?.0;
-    let (i, n) = inner.split_once('/')?;
-    Some((i.trim().parse().ok()?, n.trim().parse().ok()?))
-}
-
 /// llama.cpp logs through a global callback: route it to `tracing` so the
 /// daemon's logs stay structured, and keep its chatty load-time output at
 /// debug level.
@@ -61,13 +48,7 @@ unsafe extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_cha
     if msg.is_empty() {
         return;
     }
-    if let Some((i, n)) = tensor_counter(msg) {
-        if let Ok(mut slot) = QUANTIZE_PROGRESS.lock() {
-            if let Some(progress) = slot.as_mut() {
-                progress(i, n);
-            }
-        }
-    }
+    super::quantize::report(msg);
     match level {
         sys::GGML_LOG_LEVEL_ERROR => tracing::error!(target: "llama.cpp", "{msg}"),
         sys::GGML_LOG_LEVEL_WARN => tracing::warn!(target: "llama.cpp", "{msg}"),
@@ -526,27 +507,6 @@ impl Drop for Sampler {
     }
 }
 
-/// GGUF quantization types `blipd quantize` offers, by llama.cpp's names.
-pub const QUANT_TYPES: &[(&str, u32)] = &[
-    ("f32", 0),
-    ("f16", 1),
-    ("q4_0", 2),
-    ("q4_1", 3),
-    ("q8_0", 7),
-    ("q5_0", 8),
-    ("q5_1", 9),
-    ("q2_k", 10),
-    ("q3_k_s", 11),
-    ("q3_k_m", 12),
-    ("q3_k_l", 13),
-    ("q4_k_s", 14),
-    ("q4_k_m", 15),
-    ("q5_k_s", 16),
-    ("q5_k_m", 17),
-    ("q6_k", 18),
-    ("bf16", 32),
-];
-
 /// Whether llama.cpp's GBNF parser accepts `gbnf` (start rule `root`), no
 /// model needed: a grammar made from a request is checked before it is
 /// accepted, so a generator bug is a `bad_request`, not a failed answer.
@@ -574,10 +534,10 @@ pub fn quantize(
     output: &Path,
     ftype: u32,
     threads: i32,
-    progress: Option<QuantizeProgress>,
+    progress: Option<super::quantize::Progress>,
 ) -> Result<(), LlamaError> {
     backend_init();
-    let _progress = ProgressSlot::set(progress);
+    let _progress = super::quantize::ProgressSlot::set(progress);
     let (cin, cout) = (c_path(input)?, c_path(output)?);
     // SAFETY: plain defaults struct.
     let mut p = unsafe { sys::llama_model_quantize_default_params() };
@@ -593,27 +553,6 @@ pub fn quantize(
         });
     }
     Ok(())
-}
-
-/// Holds [`QUANTIZE_PROGRESS`] for one quantization and clears it after,
-/// also when the call fails.
-struct ProgressSlot;
-
-impl ProgressSlot {
-    fn set(progress: Option<QuantizeProgress>) -> Self {
-        if let Ok(mut slot) = QUANTIZE_PROGRESS.lock() {
-            *slot = progress;
-        }
-        Self
-    }
-}
-
-impl Drop for ProgressSlot {
-    fn drop(&mut self) {
-        if let Ok(mut slot) = QUANTIZE_PROGRESS.lock() {
-            *slot = None;
-        }
-    }
 }
 
 /// Hands freed heap memory back to the OS (glibc's `malloc_trim`).
@@ -634,22 +573,5 @@ pub fn release_free_heap() {
         unsafe {
             malloc_trim(0);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tensor_counter;
-
-    #[test]
-    fn reads_the_quantizers_tensor_counter() {
-        let line = "[  12/ 291]                  blk.1.attn_q.weight - [ 4096,  4096,     1,     1], type =    f16, ";
-        assert_eq!(tensor_counter(line), Some((12, 291)));
-        assert_eq!(
-            tensor_counter("llama_model_quantize_impl: model size = 12.5 MiB"),
-            None
-        );
-        assert_eq!(tensor_counter("[x/2] y"), None);
-        assert_eq!(tensor_counter("[3/] y"), None);
     }
 }

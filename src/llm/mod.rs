@@ -10,6 +10,7 @@
 
 mod constraint;
 pub mod ffi;
+pub mod quantize;
 pub mod schema;
 
 use crate::bundle::{Bundle, GenerationSpec, LlmSpec};

@@ -59,8 +59,28 @@ pub fn golden(preset: &str) -> Golden {
 
 /// Goldens in a file of the same shape elsewhere (models/parity_full.py).
 pub fn golden_at(path: &std::path::Path) -> Golden {
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The Q-Former (+ projection) on one golden case, fed the reference's own
+/// image features so the stage is measured alone; checks the Q-Former
+/// token ids and returns the max-abs difference from the reference output.
+pub fn qformer_case_diff(qformer: &blipd::qformer::QFormer, g: &Golden, case: &GoldenCase) -> f32 {
+    let img = &g.images[&case.image];
+    let text = qformer.tokenize(&case.prompt).unwrap();
+    assert_eq!(
+        text.ids, case.qformer_input_ids,
+        "{}: Q-Former tokens of {:?}",
+        g.preset, case.prompt
+    );
+    let feats = blipd::vision::ImageFeatures {
+        positions: img.vision_shape[1],
+        hidden: img.vision_shape[2],
+        data: std::sync::Arc::new(img.vision.clone()),
+    };
+    let out = qformer.run(&feats, &text).unwrap();
+    max_abs_diff(&out, &case.qformer)
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

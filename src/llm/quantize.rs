@@ -1,0 +1,87 @@
+//! What `blipd quantize` offers and how it reports progress; the call into
+//! llama.cpp's quantizer itself is in [`super::ffi::quantize`].
+
+use std::sync::Mutex;
+
+/// GGUF quantization types `blipd quantize` offers, by llama.cpp's names.
+pub const QUANT_TYPES: &[(&str, u32)] = &[
+    ("f32", 0),
+    ("f16", 1),
+    ("q4_0", 2),
+    ("q4_1", 3),
+    ("q8_0", 7),
+    ("q5_0", 8),
+    ("q5_1", 9),
+    ("q2_k", 10),
+    ("q3_k_s", 11),
+    ("q3_k_m", 12),
+    ("q3_k_l", 13),
+    ("q4_k_s", 14),
+    ("q4_k_m", 15),
+    ("q5_k_s", 16),
+    ("q5_k_m", 17),
+    ("q6_k", 18),
+    ("bf16", 32),
+];
+
+/// Where [`ffi::quantize`](super::ffi::quantize) reports "tensor i of n": llama.cpp only says it in its
+/// log, one `[   i/   n] name ...` line per tensor, so the log callback reads
+/// the counter from there while a quantization runs.
+pub type Progress = Box<dyn FnMut(usize, usize) + Send>;
+static QUANTIZE_PROGRESS: Mutex<Option<Progress>> = Mutex::new(None);
+
+/// `(i, n)` from a quantizer log line `[   i/   n] name - [...]`.
+fn tensor_counter(msg: &str) -> Option<(usize, usize)> {
+    let inner = msg.strip_prefix('[')?.split_once(']')?.0;
+    let (i, n) = inner.split_once('/')?;
+    Some((i.trim().parse().ok()?, n.trim().parse().ok()?))
+}
+
+/// Called by the llama.cpp log callback with every message.
+pub(super) fn report(msg: &str) {
+    if let Some((i, n)) = tensor_counter(msg) {
+        if let Ok(mut slot) = QUANTIZE_PROGRESS.lock() {
+            if let Some(progress) = slot.as_mut() {
+                progress(i, n);
+            }
+        }
+    }
+}
+
+/// Holds [`QUANTIZE_PROGRESS`] for one quantization and clears it after,
+/// also when the call fails.
+pub(super) struct ProgressSlot;
+
+impl ProgressSlot {
+    pub(super) fn set(progress: Option<Progress>) -> Self {
+        if let Ok(mut slot) = QUANTIZE_PROGRESS.lock() {
+            *slot = progress;
+        }
+        Self
+    }
+}
+
+impl Drop for ProgressSlot {
+    fn drop(&mut self) {
+        if let Ok(mut slot) = QUANTIZE_PROGRESS.lock() {
+            *slot = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tensor_counter;
+
+    #[test]
+    fn reads_the_quantizers_tensor_counter() {
+        let line = "[  12/ 291]                  blk.1.attn_q.weight - [ 4096,  4096,     1,     1], type =    f16, ";
+        assert_eq!(tensor_counter(line), Some((12, 291)));
+        assert_eq!(
+            tensor_counter("llama_model_quantize_impl: model size = 12.5 MiB"),
+            None
+        );
+        assert_eq!(tensor_counter("[x/2] y"), None);
+        assert_eq!(tensor_counter("[3/] y"), None);
+    }
+}
