@@ -71,6 +71,10 @@ struct BenchArgs {
     /// Read the GGUF into memory instead of memory-mapping it.
     #[arg(long)]
     no_mmap: bool,
+    /// LLM context length, as `n_ctx` in the config (0: the model's own; its
+    /// KV cache is what a shorter context saves, 1 GiB at 2048 for a 7B).
+    #[arg(long, default_value_t = 0)]
+    n_ctx: u32,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -266,6 +270,7 @@ fn bench(b: BenchArgs) -> Result<()> {
     }
     opts.llm.model.repack = !b.no_repack;
     opts.llm.model.use_mmap = !b.no_mmap;
+    opts = opts.with_context(b.n_ctx);
     let image = match &b.image {
         Some(p) => blipd::preprocess::load_rgb(p)?,
         None => blipd::bench::default_image(&model),
