@@ -454,7 +454,8 @@ def versions() -> dict:
 
 
 def export(src: str, out_dir: Path, llm_type: str, blipd: str | None, force: bool, label: str | None = None,
-           n_layers: int | None = None, intermediate: str = "f16") -> dict:
+           n_layers: int | None = None, intermediate: str = "f16", vision_type: str = "f32",
+           qformer_type: str = "f32") -> dict:
     t_start = time.monotonic()
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ExportError(f"{out_dir} exists and is not empty (pass --force to replace it)")
@@ -560,6 +561,18 @@ def export(src: str, out_dir: Path, llm_type: str, blipd: str | None, force: boo
             "files": files,
         }
         (tmp / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if vision_type != "f32" or qformer_type != "f32":
+            from vision_precision import derive
+
+            log(f"deriving vision {vision_type}, Q-Former {qformer_type} (and comparing them with f32)")
+            derived = tmp.with_name(tmp.name + "-derived")
+            report = derive(tmp, derived, vision_type, qformer_type)
+            log(f"agreement with f32: image features cosine >= {report['vision_cosine_min']:.6f}, "
+                f"Q-Former output cosine >= {report['qformer_cosine_min']:.6f}")
+            shutil.rmtree(tmp)
+            tmp = derived
+            manifest = json.loads((tmp / "bundle.json").read_text())
+            files = manifest["files"]
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -578,11 +591,16 @@ def main(argv=None) -> int:
     ap.add_argument("checkpoint", help="checkpoint directory or Hugging Face hub id")
     ap.add_argument("out_dir", type=Path, help="bundle directory to write")
     ap.add_argument("--llm-type", default="f16", choices=LLM_TYPES, help="GGUF weight type of the LLM (default f16)")
+    ap.add_argument("--vision-type", default="f32", choices=["f32", "int8", "f16"],
+                    help="precision of the vision encoder (default f32; int8 and f16 via models/vision_precision.py)")
+    ap.add_argument("--qformer-type", default="f32", choices=["f32", "int8"],
+                    help="precision of the Q-Former (default f32)")
     ap.add_argument("--blipd", help="blipd binary used to quantize (default: PATH or target/release/blipd)")
     ap.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     args = ap.parse_args(argv)
     try:
-        export(args.checkpoint, args.out_dir, args.llm_type, args.blipd, args.force)
+        export(args.checkpoint, args.out_dir, args.llm_type, args.blipd, args.force,
+               vision_type=args.vision_type, qformer_type=args.qformer_type)
     except ExportError as e:
         print(f"export.py: error: {e}", file=sys.stderr)
         return 2

@@ -1,22 +1,31 @@
 #!/usr/bin/env python3
-"""Derive a bundle whose vision encoder runs in int8.
+"""Derive a bundle whose vision encoder and Q-Former run in int8 or f16.
 
-    python models/vision_precision.py SRC_BUNDLE OUT_BUNDLE --vision int8
+    python models/vision_precision.py SRC_BUNDLE OUT_BUNDLE --vision int8 [--qformer int8]
+    python models/vision_precision.py SRC_BUNDLE OUT_BUNDLE --vision f16
 
-The vision graph's MatMuls (every projection and MLP weight of the ViT:
-nearly all of its weights and time) are quantized with onnxruntime's
-dynamic quantization: int8 weights, per-tensor, activations quantized per
-call (DynamicQuantizeLinear + MatMulInteger, which tract runs with its int8
-kernels). LayerNorm, softmax, GELU and the patch embedding stay in f32. The
-Q-Former, the LLM and the tokenizers are copied unchanged.
+`int8`: the graph's MatMuls (every projection and MLP weight of the ViT or
+the Q-Former: nearly all of its weights and time) are quantized with
+onnxruntime's dynamic quantization: int8 weights, per tensor, activations
+quantized per call (DynamicQuantizeLinear + MatMulInteger, which tract runs
+with its int8 kernels). LayerNorm, softmax, GELU, the patch embedding and the
+Q-Former's word embeddings stay in f32.
 
-Before the bundle is written, the f32 and int8 graphs are compared under
-onnxruntime on the test pictures: the image features and the Q-Former output
-(with a fixed instruction) of the int8 bundle against the f32 one, cosine and
-max-abs. The figures go into the manifest (`vision.derived_from.agreement`)
-and are printed. Quantized vision does not keep token identity with the
-reference (the f32 bundle does); tests/demo.rs holds the int8 demo bundle to
-the f32 one's accuracy.
+`f16` (vision only): the weights and arithmetic become half precision
+(onnxruntime's float16 converter, inputs and outputs kept f32); LayerNorm and
+softmax stay f32. tract runs f16 matmuls with native kernels where the CPU has
+f16 arithmetic (ARMv8.2 FP16: Cortex-A76/A78AE, i.e. Pi 5 and Orin) and
+converts f16 weights on the fly elsewhere; the weights take half the memory
+either way.
+
+Whatever is not named keeps its precision; the LLM and the tokenizers are
+copied unchanged. Before the bundle is written, the source and the derived
+graphs are compared under onnxruntime on the test pictures: the image
+features and the Q-Former output (with a fixed instruction), cosine and
+max-abs. The figures go into the manifest (`vision.derived_from.agreement`,
+`qformer.derived_from`) and are printed. Derived bundles do not keep token
+identity with the reference (the f32 bundle does); tests/demo.rs holds the
+derived demo bundles to the f32 one's accuracy.
 """
 
 from __future__ import annotations
@@ -65,32 +74,31 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def agreement(src: Path, int8_vision: Path, manifest: dict) -> dict:
-    """Image features and Q-Former output of the int8 vision graph vs f32."""
+def agreement(src: Path, manifest: dict, vision: Path, qformer: Path) -> dict:
+    """Image features and Q-Former output of the derived graphs vs the source's."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     run = lambda p: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])  # noqa: E731
-    v32, v8 = run(src / manifest["vision"]["file"]), run(int8_vision)
-    qf = run(src / manifest["qformer"]["file"])
+    v_src, v_new = run(src / manifest["vision"]["file"]), run(vision)
+    q_src = run(src / manifest["qformer"]["file"])
+    q_new = run(qformer) if qformer != src / manifest["qformer"]["file"] else q_src
     tok = Tokenizer.from_file(str(src / manifest["qformer"]["tokenizer"]))
     ids = np.array([tok.encode(PROMPT).ids], dtype=np.int64)
-    feeds = {i.name: i for i in qf.get_inputs()}
-    names = list(feeds)
     out = {"pictures": [], "vision_cosine_min": 1.0, "vision_max_abs": 0.0,
            "qformer_cosine_min": 1.0, "qformer_max_abs": 0.0}
     for name in PICTURES:
         x = pixels(ROOT / "tests" / "fixtures" / "images" / name, manifest["image"])
-        f32 = v32.run(None, {v32.get_inputs()[0].name: x})[0]
-        i8 = v8.run(None, {v8.get_inputs()[0].name: x})[0]
+        f_src = v_src.run(None, {v_src.get_inputs()[0].name: x})[0]
+        f_new = v_new.run(None, {v_new.get_inputs()[0].name: x})[0]
         q = []
-        for feats in (f32, i8):
-            inputs = {names[0]: feats, names[1]: ids, names[2]: np.ones_like(ids)}
-            q.append(qf.run(None, inputs)[0])
-        row = {"picture": name, "vision_cosine": cosine(f32, i8),
-               "vision_max_abs": float(np.abs(f32 - i8).max()),
+        for sess, feats in ((q_src, f_src), (q_new, f_new)):
+            names = [i.name for i in sess.get_inputs()]
+            q.append(sess.run(None, {names[0]: feats, names[1]: ids, names[2]: np.ones_like(ids)})[0])
+        row = {"picture": name, "vision_cosine": cosine(f_src, f_new),
+               "vision_max_abs": float(np.abs(f_src - f_new).max()),
                "qformer_cosine": cosine(q[0], q[1]), "qformer_max_abs": float(np.abs(q[0] - q[1]).max())}
         out["pictures"].append(row)
         for k in ("vision", "qformer"):
@@ -99,51 +107,106 @@ def agreement(src: Path, int8_vision: Path, manifest: dict) -> dict:
     return out
 
 
-def derive(src: Path, out: Path, vision: str) -> dict:
+INT8_TOOL = "onnxruntime.quantization.quantize_dynamic (MatMul, QInt8 weights, per tensor)"
+F16_TOOL = "onnxruntime.transformers.float16 (inputs/outputs, LayerNorm and softmax kept f32)"
+# Kept in f32 in an f16 graph: normalisation and softmax need the range and the
+# precision (a ViT-g's activations reach the hundreds before LayerNorm).
+F16_KEEP = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Reciprocal"]
+
+
+def int8_graph(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    if vision != "int8":
-        raise SystemExit(f"--vision {vision}: only int8 is derived here")
+    # quantize_dynamic writes a shape-inferred copy beside its input: work on
+    # a copy, so the source bundle may be read-only (e.g. /usr/share/blipd).
+    work = dst.parent / f".{src.name}.work"
+    work.mkdir()
+    try:
+        for f in src.parent.iterdir():
+            if f.name == src.name or f.name.startswith(src.name + "."):
+                shutil.copy2(f, work / f.name)
+        quantize_dynamic(str(work / src.name), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         per_channel=False, use_external_data_format=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def f16_graph(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
+                                     op_block_list=DEFAULT_OP_BLOCK_LIST + F16_KEEP)
+    onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=dst.name + ".data", size_threshold=1024)
+
+
+def derive(src: Path, out: Path, vision: str, qformer: str = "f32") -> dict:
+    if vision not in ("f32", "int8", "f16") or qformer not in ("f32", "int8"):
+        raise SystemExit(f"--vision {vision} --qformer {qformer}: vision is f32, int8 or f16, the Q-Former f32 or int8")
+    if vision == "f32" and qformer == "f32":
+        raise SystemExit("nothing to derive: name --vision int8|f16 and/or --qformer int8")
     manifest = json.loads((src / "bundle.json").read_text())
-    if manifest["vision"].get("precision", "f32") != "f32":
-        raise SystemExit(f"{src}: its vision is already {manifest['vision']['precision']}; derive from an f32 bundle")
+    for part in ("vision", "qformer"):
+        if manifest[part].get("precision", "f32") != "f32":
+            raise SystemExit(f"{src}: its {part} is already {manifest[part]['precision']}; derive from an f32 bundle")
     if out.exists():
         raise SystemExit(f"{out} already exists; choose a new folder for the derived bundle")
-    vfile = manifest["vision"]["file"]
-    src_sha = manifest["files"][vfile]["sha256"]
-    vision_files = {f for f in manifest["files"] if f == vfile or f.startswith(vfile + ".")}
+    todo = {"vision": vision, "qformer": qformer}
+    replaced = set()
+    for part, kind in todo.items():
+        if kind != "f32":
+            f = manifest[part]["file"]
+            replaced |= {g for g in manifest["files"] if g == f or g.startswith(f + ".")}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".vision-int8-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=".precision-", dir=out.parent))
     try:
-        quantize_dynamic(
-            str(src / vfile),
-            str(tmp / vfile),
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
-            per_channel=False,
-            use_external_data_format=True,
-        )
-        report = agreement(src, tmp / vfile, manifest)
+        paths = {}
+        for part, kind in todo.items():
+            f = manifest[part]["file"]
+            paths[part] = tmp / f if kind != "f32" else src / f
+            if kind == "int8":
+                int8_graph(src / f, tmp / f)
+            elif kind == "f16":
+                f16_graph(src / f, tmp / f)
+        report = agreement(src, manifest, paths["vision"], paths["qformer"])
+        graphs = {g for part in ("vision", "qformer") for g in manifest["files"]
+                  if g == manifest[part]["file"] or g.startswith(manifest[part]["file"] + ".")}
         for f in manifest["files"]:
-            if f not in vision_files:
+            if f in replaced:
+                continue
+            # The LLM is hard-linked where the file system allows (a 7B GGUF is
+            # not copied); graphs are copied: onnx refuses to read external
+            # data from a file with several links (a "hardlink attack").
+            try:
+                if f in graphs:
+                    raise OSError
+                (tmp / f).hardlink_to(src / f)
+            except OSError:
                 shutil.copy2(src / f, tmp / f)
-        files = {f: e for f, e in manifest["files"].items() if f not in vision_files}
+        files = {f: e for f, e in manifest["files"].items() if f not in replaced}
         for p in sorted(tmp.iterdir()):
-            if p.name.startswith(vfile):
+            if p.name not in files:
                 files[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
         manifest["files"] = dict(sorted(files.items()))
-        manifest["vision"]["precision"] = "int8"
-        manifest["vision"]["derived_from"] = {
-            "precision": "f32",
-            "sha256": src_sha,
-            "tool": "onnxruntime.quantization.quantize_dynamic (MatMul, QInt8 weights, per tensor)",
-            "agreement": report,
-        }
+        for part, kind in todo.items():
+            if kind == "f32":
+                continue
+            f = manifest[part]["file"]
+            manifest[part]["precision"] = kind
+            manifest[part]["derived_from"] = {
+                "precision": "f32",
+                "sha256": json.loads((src / "bundle.json").read_text())["files"][f]["sha256"],
+                "tool": INT8_TOOL if kind == "int8" else F16_TOOL,
+                "agreement": report,
+            }
         (tmp / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
         # mkdtemp and onnx make owner-only files: a bundle is read by the service's user.
         tmp.chmod(0o755)
         for p in tmp.iterdir():
-            p.chmod(0o644)
+            if p.stat().st_nlink == 1:  # not the hard-linked source files
+                p.chmod(0o644)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -155,13 +218,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("src", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--vision", default="int8", choices=["int8"])
+    ap.add_argument("--vision", default="int8", choices=["f32", "int8", "f16"],
+                    help="precision of the vision encoder (default int8)")
+    ap.add_argument("--qformer", default="f32", choices=["f32", "int8"],
+                    help="precision of the Q-Former (default f32)")
     a = ap.parse_args(argv)
-    r = derive(a.src, a.out, a.vision)
+    r = derive(a.src, a.out, a.vision, a.qformer)
     for row in r["pictures"]:
         print(f"{row['picture']:12} vision cosine {row['vision_cosine']:.6f} max-abs {row['vision_max_abs']:.4g}   "
               f"Q-Former cosine {row['qformer_cosine']:.6f} max-abs {row['qformer_max_abs']:.4g}")
-    print(f"wrote {a.out} (vision int8)", file=sys.stderr)
+    print(f"wrote {a.out} (vision {a.vision}, Q-Former {a.qformer})", file=sys.stderr)
     return 0
 
 

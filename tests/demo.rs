@@ -10,9 +10,10 @@
 //!   reference's;
 //! - the Q8_0 and Q4_K_M quantized bundles (made by `blipd quantize`) are
 //!   scored the same way, beside the f32 one, and stay close to it;
-//! - so is the int8-vision bundle (models/vision_precision.py, in the
-//!   project's .venv): within 1 point of f32 per type, its Q-Former output
-//!   on the golden subset close to transformers' f32 one.
+//! - so are the bundles with derived vision and Q-Former precision
+//!   (models/vision_precision.py, in the project's .venv: int8 vision, int8
+//!   vision + int8 Q-Former, f16 vision): within 1 point of f32 per type,
+//!   their Q-Former output on the golden subset close to transformers' f32 one.
 //!
 //! Run with `--nocapture` to see the accuracy tables.
 
@@ -161,8 +162,9 @@ fn run_ok(what: &str, cmd: &mut Command) {
     );
 }
 
-/// The demo bundle with int8 vision, made by models/vision_precision.py.
-fn int8_vision(out: &Path) {
+/// The demo bundle with derived precisions (`--vision int8` ...), made by
+/// models/vision_precision.py.
+fn derive_precision(out: &Path, args: &[&str]) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".venv/bin/python");
     assert!(
@@ -176,7 +178,7 @@ fn int8_vision(out: &Path) {
             .arg(root.join("models/vision_precision.py"))
             .arg(demo_dir())
             .arg(out)
-            .args(["--vision", "int8"]),
+            .args(args),
     );
 }
 
@@ -249,15 +251,27 @@ fn demo_bundle_answers_held_out_scenes_like_the_reference() {
     quantize("q4_k_m", &q4);
     let q8_scores = score(&q8, &g, false);
     let q4_scores = score(&q4, &g, false);
-    let v8 = dir.path().join("demo-vision-int8");
-    int8_vision(&v8);
-    let v8_scores = score(&v8, &g, false);
-    let (cos, max_abs, same, n) = qformer_agreement(&v8, &g);
-    eprintln!(
-        "int8 vision vs transformers' f32 on the {n} golden cases: Q-Former cosine >= {cos:.6}, \
-         max-abs {max_abs:.4}; greedy tokens identical on {same}/{n}"
-    );
-    assert!(cos >= 0.999, "int8 vision: Q-Former cosine {cos}");
+    let mut derived = Vec::new();
+    for (label, dir_name, args) in [
+        ("int8 vision", "demo-v8", &["--vision", "int8"][..]),
+        (
+            "int8 vision+qformer",
+            "demo-v8-q8",
+            &["--vision", "int8", "--qformer", "int8"][..],
+        ),
+        ("f16 vision", "demo-v16", &["--vision", "f16"][..]),
+    ] {
+        let bundle = dir.path().join(dir_name);
+        derive_precision(&bundle, args);
+        let scores = score(&bundle, &g, false);
+        let (cos, max_abs, same, n) = qformer_agreement(&bundle, &g);
+        eprintln!(
+            "{label} vs transformers' f32 on the {n} golden cases: Q-Former cosine >= {cos:.6}, \
+             max-abs {max_abs:.4}; greedy tokens identical on {same}/{n}"
+        );
+        assert!(cos >= 0.999, "{label}: Q-Former cosine {cos}");
+        derived.push((label, scores));
+    }
     eprintln!(
         "demo bundle, held-out accuracy ({} questions, {}x{} scenes):\n{}",
         g.cases.len(),
@@ -267,7 +281,9 @@ fn demo_bundle_answers_held_out_scenes_like_the_reference() {
             ("f32", &f32_scores),
             ("q8_0", &q8_scores),
             ("q4_k_m", &q4_scores),
-            ("int8 vision", &v8_scores)
+            (derived[0].0, &derived[0].1),
+            (derived[1].0, &derived[1].1),
+            (derived[2].0, &derived[2].1),
         ])
     );
     // The Rust pipeline scores what transformers scores on the same cases...
@@ -289,7 +305,9 @@ fn demo_bundle_answers_held_out_scenes_like_the_reference() {
         .collect();
     assert_close("q8_0 vs f32", &q8_scores, &f32_pct, 3.0);
     assert_close("q4_k_m vs f32", &q4_scores, &f32_pct, 6.0);
-    assert_close("int8 vision vs f32", &v8_scores, &f32_pct, 1.0);
+    for (label, scores) in &derived {
+        assert_close(&format!("{label} vs f32"), scores, &f32_pct, 1.0);
+    }
 }
 
 /// The choices an automation would offer for a question of `qtype`.

@@ -219,3 +219,23 @@ fn zero_sized_image_is_an_error() {
         "{e}"
     );
 }
+
+#[test]
+fn manifest_unknown_precision_is_refused() {
+    // A precision this blipd does not know (a newer exporter, a typo) is
+    // named, not run as if it were f32.
+    for (part, precision) in [("vision", "int4"), ("qformer", "f16")] {
+        let dir = copy_bundle("tiny-a");
+        edit_manifest(dir.path(), |v| v[part]["precision"] = precision.into());
+        let e = load_err(dir.path());
+        assert!(
+            matches!(e, PipelineError::Bundle(BundleError::Inconsistent(_))),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains(&format!("{part}.precision \"{precision}\"")),
+            "{e}"
+        );
+    }
+}

@@ -156,3 +156,29 @@ def test_quantized_export_through_blipd(regenerated, tmp_path):
     ans = json.loads(r.stdout)
     assert 0 < len(ans["tokens"]) <= m["generation"]["max_new_tokens"]
     assert math.isfinite(ans["timings"]["total_ms"])
+
+
+@pytest.mark.parametrize("vision,qformer", [("int8", "int8"), ("f16", "f32")])
+def test_export_with_vision_and_qformer_precision(regenerated, tmp_path, vision, qformer):
+    """export.py --vision-type/--qformer-type: the derived graphs, their
+    agreement with f32 in the manifest, and tract runs them (blipd ask)."""
+    blipd = ROOT / "target" / "release" / "blipd"
+    assert blipd.is_file(), "build blipd first (cargo build --release): the bundle is run with it"
+    _, ckpts = regenerated
+    out = tmp_path / f"v-{vision}-q-{qformer}"
+    m = export.export(str(ckpts / "tiny-a-hf"), out, "f32", None, force=False,
+                      vision_type=vision, qformer_type=qformer)
+    assert m["vision"]["precision"] == vision
+    assert m["qformer"].get("precision", "f32") == qformer
+    a = m["vision"]["derived_from"]["agreement"]
+    assert a["vision_cosine_min"] > 0.999 and a["qformer_cosine_min"] > 0.999, a
+    assert ("derived_from" in m["qformer"]) == (qformer != "f32")
+    for name, entry in m["files"].items():
+        assert sha(out / name) == entry["sha256"], name
+    assert not list(tmp_path.glob(".export-*")), "temporary folders left behind"
+    r = subprocess.run([str(blipd), "ask", "--model", str(out), "--image", str(FIXTURES / "images" / "garage.png"),
+                        "--json", "What is in the picture?"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tokens"]
+    r = subprocess.run([str(blipd), "check-bundle", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and f"vision {vision}, qformer {qformer}" in r.stderr, r.stderr

@@ -89,8 +89,8 @@ pub struct VisionSpec {
     pub num_positions: usize,
     pub patch_size: usize,
     pub num_layers: usize,
-    /// Arithmetic of the graph's matmuls: `f32` (as exported), or `int8`
-    /// (derived by models/vision_precision.py; not token-identical).
+    /// Arithmetic of the graph's matmuls: `f32` (as exported), `int8` or
+    /// `f16` (derived by models/vision_precision.py; not token-identical).
     #[serde(default = "f32_name")]
     pub precision: String,
     /// For a derived graph: what it was made from, how, and its agreement
@@ -113,6 +113,13 @@ pub struct QFormerSpec {
     pub output_size: usize,
     /// Longest instruction (in Q-Former tokens, with [CLS]/[SEP]) the graph accepts.
     pub max_text_tokens: usize,
+    /// Arithmetic of the graph's matmuls: `f32` (as exported) or `int8`
+    /// (derived by models/vision_precision.py --qformer int8).
+    #[serde(default = "f32_name")]
+    pub precision: String,
+    /// For a derived graph: what it was made from, how, and its agreement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -225,6 +232,17 @@ impl Bundle {
         }
         if m.qformer.num_query_tokens == 0 {
             return inconsistent("qformer.num_query_tokens is 0".into());
+        }
+        for (part, precision, known) in [
+            ("vision", &m.vision.precision, &["f32", "int8", "f16"][..]),
+            ("qformer", &m.qformer.precision, &["f32", "int8"][..]),
+        ] {
+            if !known.contains(&precision.as_str()) {
+                return inconsistent(format!(
+                    "{part}.precision \"{precision}\" is not one of {}",
+                    known.join(", ")
+                ));
+            }
         }
         if m.qformer.output_size != m.llm.hidden_size {
             return inconsistent(format!(

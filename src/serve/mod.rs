@@ -108,7 +108,11 @@ pub fn serve(
         .unwrap_or_else(|| model_dir.display().to_string());
     let default_params = pipeline.default_params();
     let llm_desc = pipeline.llm().description();
-    let vision_precision = pipeline.bundle().manifest.vision.precision.clone();
+    let manifest = &pipeline.bundle().manifest;
+    let (vision_precision, qformer_precision) = (
+        manifest.vision.precision.clone(),
+        manifest.qformer.precision.clone(),
+    );
 
     let cameras = Arc::new(Cameras::start(&cfg.cameras));
     let topics = Topics::new(&mqtt_cfg, &device_id);
@@ -116,7 +120,7 @@ pub fn serve(
     let loaded_at = started.clone();
     let info = {
         let (device_id, topics) = (device_id.clone(), topics.clone());
-        let model = serde_json::json!({"name": model_name, "llm": llm_desc, "vision": vision_precision, "path": model_dir.display().to_string()});
+        let model = serde_json::json!({"name": model_name, "llm": llm_desc, "vision": vision_precision, "qformer": qformer_precision, "path": model_dir.display().to_string()});
         move |cfg: &Config| info(cfg, &device_id, &model, &topics, &started)
     };
 
