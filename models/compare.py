@@ -103,6 +103,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=20)
+    ap.add_argument("--no-torch", action="store_true",
+                    help="vision: leave PyTorch out (no checkpoint needed; the bundle's own preprocessing and "
+                         "Q-Former tokenizer feed onnxruntime)")
     ap.add_argument("--hf-llm", action="store_true", help="also time the transformers language model")
     ap.add_argument("--blipd", default=str(ROOT / "target" / "release" / "blipd"))
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "perf")
@@ -125,7 +128,20 @@ def main(argv=None) -> int:
     prompt = "Is the garage door open? Answer yes or no."  # blipd bench's first question
 
     do_vision, do_llm = args.part in ("all", "vision"), args.part in ("all", "llm")
-    if do_vision or args.hf_llm:
+    use_torch = (do_vision and not args.no_torch) or args.hf_llm
+    if do_vision and not use_torch:
+        import tempfile
+
+        from tokenizers import Tokenizer as QTok
+        from vision_precision import pixels
+
+        with tempfile.TemporaryDirectory() as d:
+            test_image().save(Path(d) / "bench.png")
+            pixel_values = torch.from_numpy(pixels(Path(d) / "bench.png", manifest["image"]))
+        qtok = QTok.from_file(str(args.bundle / manifest["qformer"]["tokenizer"]))
+        q_ids = torch.tensor([qtok.encode(prompt).ids], dtype=torch.int64)
+        q_mask = torch.ones_like(q_ids)
+    if use_torch:
         log(f"loading {hf} in PyTorch")
         model = InstructBlipForConditionalGeneration.from_pretrained(hf, torch_dtype=torch.float32).eval()
         processor = InstructBlipProcessor.from_pretrained(hf)
@@ -173,9 +189,12 @@ def main(argv=None) -> int:
 
     with torch.no_grad():
         if do_vision:  # warm-up for PyTorch and onnxruntime
-            image_embeds = vision(pixel_values)
-            qformer(image_embeds, q_ids, q_mask)
-            emb_np = image_embeds.numpy()
+            if use_torch:
+                image_embeds = vision(pixel_values)
+                qformer(image_embeds, q_ids, q_mask)
+                emb_np = image_embeds.numpy()
+            else:
+                emb_np = ort_v.run(None, {"pixel_values": pixel_values.numpy()})[0]
             ort_v.run(None, {"pixel_values": pixel_values.numpy()})
             ort_q.run(None, {"image_embeds": emb_np, "input_ids": q_ids.numpy(),
                              "attention_mask": q_mask.numpy()})
@@ -199,14 +218,18 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             log(f"round {r + 1}/{args.rounds}")
             if do_vision:
-                ms, image_embeds = timed(lambda: vision(pixel_values))
-                rows["torch_vision"].append(ms)
-                ms, _ = timed(lambda: ort_v.run(None, {"pixel_values": pixel_values.numpy()}))
+                if use_torch:
+                    ms, image_embeds = timed(lambda: vision(pixel_values))
+                    rows["torch_vision"].append(ms)
+                ms, ort_out = timed(lambda: ort_v.run(None, {"pixel_values": pixel_values.numpy()}))
                 rows["ort_vision"].append(ms)
+                if not use_torch:
+                    image_embeds = torch.from_numpy(ort_out[0])
             blipd_rows.append(blipd.round())
             if do_vision:
-                ms, _ = timed(lambda: qformer(image_embeds, q_ids, q_mask))
-                rows["torch_qformer"].append(ms)
+                if use_torch:
+                    ms, _ = timed(lambda: qformer(image_embeds, q_ids, q_mask))
+                    rows["torch_qformer"].append(ms)
                 feeds = {"image_embeds": image_embeds.numpy(), "input_ids": q_ids.numpy(),
                          "attention_mask": q_mask.numpy()}
                 ms, _ = timed(lambda: ort_q.run(None, feeds))
@@ -247,9 +270,10 @@ def main(argv=None) -> int:
         "ratios": {},
     }
     if do_vision:
-        res["vision_ms"] = {"pytorch": spread(rows["torch_vision"]), "onnxruntime": spread(rows["ort_vision"]),
+        torch_rows = lambda k: {"pytorch": spread(rows[k])} if rows[k] else {}  # noqa: E731
+        res["vision_ms"] = {**torch_rows("torch_vision"), "onnxruntime": spread(rows["ort_vision"]),
                             "blipd (tract)": spread(col(blipd_rows, "vision_ms"))}
-        res["qformer_ms"] = {"pytorch": spread(rows["torch_qformer"]), "onnxruntime": spread(rows["ort_qformer"]),
+        res["qformer_ms"] = {**torch_rows("torch_qformer"), "onnxruntime": spread(rows["ort_qformer"]),
                              "blipd (tract)": spread(col(blipd_rows, "qformer_ms"))}
     if do_llm:
         res["prefill_tokens_per_s"] = {"llama.cpp C API": spread(col(harness_rows, "prefill_tokens_per_s")),
@@ -270,7 +294,8 @@ def main(argv=None) -> int:
         res["ratios"].update({
             "vision: onnxruntime time / tract time (>= 1: tract as fast)":
                 ratio(rows["ort_vision"], col(blipd_rows, "vision_ms")),
-            "vision: pytorch time / tract time": ratio(rows["torch_vision"], col(blipd_rows, "vision_ms")),
+            **({"vision: pytorch time / tract time": ratio(rows["torch_vision"], col(blipd_rows, "vision_ms"))}
+               if rows["torch_vision"] else {}),
             "qformer: onnxruntime time / tract time": ratio(rows["ort_qformer"], col(blipd_rows, "qformer_ms")),
         })
     if do_llm:
