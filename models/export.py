@@ -52,6 +52,7 @@ from export_llm import (  # noqa: E402
     sha256_file,
     write_gguf,
 )
+from vision_precision import QFORMER_TYPES, VISION_TYPES, derive  # noqa: E402
 
 EXPORTER_VERSION = "0.1.0"
 FORMAT_VERSION = 1
@@ -562,8 +563,6 @@ def export(src: str, out_dir: Path, llm_type: str, blipd: str | None, force: boo
         }
         (tmp / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if vision_type != "f32" or qformer_type != "f32":
-            from vision_precision import derive
-
             log(f"deriving vision {vision_type}, Q-Former {qformer_type} (and comparing them with f32)")
             derived = tmp.with_name(tmp.name + "-derived")
             report = derive(tmp, derived, vision_type, qformer_type)
@@ -591,9 +590,9 @@ def main(argv=None) -> int:
     ap.add_argument("checkpoint", help="checkpoint directory or Hugging Face hub id")
     ap.add_argument("out_dir", type=Path, help="bundle directory to write")
     ap.add_argument("--llm-type", default="f16", choices=LLM_TYPES, help="GGUF weight type of the LLM (default f16)")
-    ap.add_argument("--vision-type", default="f32", choices=["f32", "int8", "f16"],
+    ap.add_argument("--vision-type", default="f32", choices=VISION_TYPES,
                     help="precision of the vision encoder (default f32; int8 and f16 via models/vision_precision.py)")
-    ap.add_argument("--qformer-type", default="f32", choices=["f32", "int8"],
+    ap.add_argument("--qformer-type", default="f32", choices=QFORMER_TYPES,
                     help="precision of the Q-Former (default f32)")
     ap.add_argument("--blipd", help="blipd binary used to quantize (default: PATH or target/release/blipd)")
     ap.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")

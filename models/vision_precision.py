@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -107,11 +108,18 @@ def agreement(src: Path, manifest: dict, vision: Path, qformer: Path) -> dict:
     return out
 
 
+VISION_TYPES = ["f32", "int8", "f16"]
+QFORMER_TYPES = ["f32", "int8"]
 INT8_TOOL = "onnxruntime.quantization.quantize_dynamic (MatMul, QInt8 weights, per tensor)"
 F16_TOOL = "onnxruntime.transformers.float16 (inputs/outputs, LayerNorm and softmax kept f32)"
 # Kept in f32 in an f16 graph: normalisation and softmax need the range and the
 # precision (a ViT-g's activations reach the hundreds before LayerNorm).
 F16_KEEP = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Reciprocal"]
+
+
+def graph_files(names, graph: str) -> set[str]:
+    """A graph file and its external data (`vision.onnx`, `vision.onnx.data`)."""
+    return {n for n in names if n == graph or n.startswith(graph + ".")}
 
 
 def int8_graph(src: Path, dst: Path) -> None:
@@ -122,9 +130,8 @@ def int8_graph(src: Path, dst: Path) -> None:
     work = dst.parent / f".{src.name}.work"
     work.mkdir()
     try:
-        for f in src.parent.iterdir():
-            if f.name == src.name or f.name.startswith(src.name + "."):
-                shutil.copy2(f, work / f.name)
+        for name in graph_files(os.listdir(src.parent), src.name):
+            shutil.copy2(src.parent / name, work / name)
         quantize_dynamic(str(work / src.name), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
                          per_channel=False, use_external_data_format=True)
     finally:
@@ -143,7 +150,7 @@ def f16_graph(src: Path, dst: Path) -> None:
 
 
 def derive(src: Path, out: Path, vision: str, qformer: str = "f32") -> dict:
-    if vision not in ("f32", "int8", "f16") or qformer not in ("f32", "int8"):
+    if vision not in VISION_TYPES or qformer not in QFORMER_TYPES:
         raise SystemExit(f"--vision {vision} --qformer {qformer}: vision is f32, int8 or f16, the Q-Former f32 or int8")
     if vision == "f32" and qformer == "f32":
         raise SystemExit("nothing to derive: name --vision int8|f16 and/or --qformer int8")
@@ -154,11 +161,9 @@ def derive(src: Path, out: Path, vision: str, qformer: str = "f32") -> dict:
     if out.exists():
         raise SystemExit(f"{out} already exists; choose a new folder for the derived bundle")
     todo = {"vision": vision, "qformer": qformer}
-    replaced = set()
-    for part, kind in todo.items():
-        if kind != "f32":
-            f = manifest[part]["file"]
-            replaced |= {g for g in manifest["files"] if g == f or g.startswith(f + ".")}
+    source_files = dict(manifest["files"])
+    graphs = {part: graph_files(source_files, manifest[part]["file"]) for part in todo}
+    replaced = set().union(*(graphs[part] for part, kind in todo.items() if kind != "f32"))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".precision-", dir=out.parent))
     try:
@@ -171,21 +176,19 @@ def derive(src: Path, out: Path, vision: str, qformer: str = "f32") -> dict:
             elif kind == "f16":
                 f16_graph(src / f, tmp / f)
         report = agreement(src, manifest, paths["vision"], paths["qformer"])
-        graphs = {g for part in ("vision", "qformer") for g in manifest["files"]
-                  if g == manifest[part]["file"] or g.startswith(manifest[part]["file"] + ".")}
-        for f in manifest["files"]:
-            if f in replaced:
-                continue
+        kept_graphs = set().union(*graphs.values()) - replaced
+        for f in source_files.keys() - replaced:
             # The LLM is hard-linked where the file system allows (a 7B GGUF is
             # not copied); graphs are copied: onnx refuses to read external
             # data from a file with several links (a "hardlink attack").
-            try:
-                if f in graphs:
-                    raise OSError
-                (tmp / f).hardlink_to(src / f)
-            except OSError:
-                shutil.copy2(src / f, tmp / f)
-        files = {f: e for f, e in manifest["files"].items() if f not in replaced}
+            if f not in kept_graphs:
+                try:
+                    (tmp / f).hardlink_to(src / f)
+                    continue
+                except OSError:
+                    pass
+            shutil.copy2(src / f, tmp / f)
+        files = {f: e for f, e in source_files.items() if f not in replaced}
         for p in sorted(tmp.iterdir()):
             if p.name not in files:
                 files[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
@@ -197,7 +200,7 @@ def derive(src: Path, out: Path, vision: str, qformer: str = "f32") -> dict:
             manifest[part]["precision"] = kind
             manifest[part]["derived_from"] = {
                 "precision": "f32",
-                "sha256": json.loads((src / "bundle.json").read_text())["files"][f]["sha256"],
+                "sha256": source_files[f]["sha256"],
                 "tool": INT8_TOOL if kind == "int8" else F16_TOOL,
                 "agreement": report,
             }
@@ -218,9 +221,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("src", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--vision", default="int8", choices=["f32", "int8", "f16"],
+    ap.add_argument("--vision", default="int8", choices=VISION_TYPES,
                     help="precision of the vision encoder (default int8)")
-    ap.add_argument("--qformer", default="f32", choices=["f32", "int8"],
+    ap.add_argument("--qformer", default="f32", choices=QFORMER_TYPES,
                     help="precision of the Q-Former (default f32)")
     a = ap.parse_args(argv)
     r = derive(a.src, a.out, a.vision, a.qformer)

@@ -452,13 +452,11 @@ fn check_bundle(c: CheckBundleArgs) -> Result<()> {
     let bytes: u64 = bundle.manifest.files.values().map(|f| f.size).sum();
     let m = &bundle.manifest;
     eprintln!(
-        "{}: ok ({} files, {} MiB, llm {}, vision {}, qformer {}; sha256 match, {:.1} s)",
+        "{}: ok ({} files, {} MiB, {}; sha256 match, {:.1} s)",
         c.dir.display(),
         m.files.len(),
         bytes >> 20,
-        m.llm.weight_type,
-        m.vision.precision,
-        m.qformer.precision,
+        m.precisions(),
         t.elapsed().as_secs_f64()
     );
     Ok(())

@@ -272,19 +272,18 @@ fn demo_bundle_answers_held_out_scenes_like_the_reference() {
         assert!(cos >= 0.999, "{label}: Q-Former cosine {cos}");
         derived.push((label, scores));
     }
+    let mut rows = vec![
+        ("f32", &f32_scores),
+        ("q8_0", &q8_scores),
+        ("q4_k_m", &q4_scores),
+    ];
+    rows.extend(derived.iter().map(|(label, scores)| (*label, scores)));
     eprintln!(
         "demo bundle, held-out accuracy ({} questions, {}x{} scenes):\n{}",
         g.cases.len(),
         g.eval_size[0],
         g.eval_size[1],
-        table(&[
-            ("f32", &f32_scores),
-            ("q8_0", &q8_scores),
-            ("q4_k_m", &q4_scores),
-            (derived[0].0, &derived[0].1),
-            (derived[1].0, &derived[1].1),
-            (derived[2].0, &derived[2].1),
-        ])
+        table(&rows)
     );
     // The Rust pipeline scores what transformers scores on the same cases...
     let mut reference: BTreeMap<String, (usize, usize)> = BTreeMap::new();

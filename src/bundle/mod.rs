@@ -173,6 +173,17 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileEntry>,
 }
 
+impl Manifest {
+    /// What each stage runs in, as doctor and check-bundle print it:
+    /// `llm q4_k_m, vision int8, qformer int8`.
+    pub fn precisions(&self) -> String {
+        format!(
+            "llm {}, vision {}, qformer {}",
+            self.llm.weight_type, self.vision.precision, self.qformer.precision
+        )
+    }
+}
+
 /// A bundle directory with its parsed manifest.
 #[derive(Debug, Clone)]
 pub struct Bundle {

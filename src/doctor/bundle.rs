@@ -30,12 +30,10 @@ pub(super) fn bundle_check(dir: &Path) -> (Check, Option<Manifest>) {
     let manifest = bundle.manifest.clone();
     let total: u64 = manifest.files.values().map(|f| f.size).sum();
     let summary = format!(
-        "{} files, {} (llm {}, vision {}, qformer {})",
+        "{} files, {} ({})",
         manifest.files.len(),
         human_bytes(total),
-        manifest.llm.weight_type,
-        manifest.vision.precision,
-        manifest.qformer.precision
+        manifest.precisions()
     );
     let check = match bundle.verify() {
         Ok(()) => Check::ok(
