@@ -206,11 +206,18 @@ struct DoctorArgs {
 struct QuantizeArgs {
     /// Input GGUF file, or bundle directory.
     input: PathBuf,
-    /// Output GGUF file, or bundle directory (a copy of the input bundle with the quantized LLM).
+    /// Output GGUF file, or bundle directory (a copy of the input bundle with the named parts rewritten).
     output: PathBuf,
-    /// Target type: q4_k_m, q8_0, q5_k_m, q6_k, q4_0, f16, ...
+    /// LLM type: q4_k_m, q8_0, q5_k_m, q6_k, q4_0, f16, ... (optional with --vision/--qformer).
     #[arg(value_name = "TYPE")]
-    kind: String,
+    kind: Option<String>,
+    /// Bundle only: rewrite the vision graph in int8 (dynamic int8 MatMuls, as
+    /// models/vision_precision.py --vision int8; f16 is made there).
+    #[arg(long, value_name = "int8")]
+    vision: Option<String>,
+    /// Bundle only: rewrite the Q-Former graph in int8.
+    #[arg(long, value_name = "int8")]
+    qformer: Option<String>,
     /// Threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
@@ -533,31 +540,78 @@ fn sampler_params(a: &AskArgs, temperature: f32) -> Result<SamplerParams> {
 }
 
 fn quantize(q: QuantizeArgs) -> Result<()> {
-    let kind = q.kind.to_ascii_lowercase();
-    let Some(&(_, ftype)) = blipd::llm::quantize::QUANT_TYPES
-        .iter()
-        .find(|(n, _)| *n == kind)
-    else {
-        let names: Vec<_> = blipd::llm::quantize::QUANT_TYPES
-            .iter()
-            .map(|(n, _)| *n)
-            .collect();
-        bail!(
-            "unknown type {}; choose one of {}",
-            q.kind,
-            names.join(", ")
-        );
+    let llm = match &q.kind {
+        None => None,
+        Some(kind) => {
+            let kind = kind.to_ascii_lowercase();
+            let quant = blipd::llm::quantize::QUANT_TYPES;
+            let Some(&(_, ftype)) = quant.iter().find(|(n, _)| *n == kind) else {
+                let names: Vec<_> = quant.iter().map(|(n, _)| *n).collect();
+                bail!("unknown type {kind}; choose one of {}", names.join(", "));
+            };
+            Some((kind, ftype))
+        }
     };
-    let threads = q.threads.unwrap_or(0) as i32;
+    let int8 = |flag: &str, value: &Option<String>| match value.as_deref() {
+        None | Some("f32") => Ok(false),
+        Some("int8") => Ok(true),
+        Some("f16") if flag == "vision" => bail!(
+            "--vision f16 is made on a workstation: models/vision_precision.py SRC OUT --vision f16"
+        ),
+        Some(other) => bail!("--{flag} {other}: blipd quantize makes int8"),
+    };
+    let (vision, qformer) = (int8("vision", &q.vision)?, int8("qformer", &q.qformer)?);
+    let threads = q.threads.unwrap_or(0);
     if q.input.is_dir() {
+        if llm.is_none() && !vision && !qformer {
+            bail!("name what to rewrite: an LLM TYPE, --vision int8 and/or --qformer int8");
+        }
         let src = blipd::bundle::Bundle::open(&q.input)?;
         src.verify()?;
-        src.derive_llm(&q.output, &kind, |from, to| {
-            ffi::quantize(from, to, ftype, threads, Some(quantize_progress())).map_err(Into::into)
-        })?;
-        eprintln!("wrote bundle {} ({kind})", q.output.display());
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let plan = blipd::pipeline::derive::QuantizePlan {
+            llm,
+            vision_int8: vision,
+            qformer_int8: qformer,
+            threads,
+            llm_progress: Some(quantize_progress()),
+        };
+        let b = blipd::pipeline::derive::quantize_bundle(&src, &q.output, plan)?;
+        eprintln!(
+            "wrote bundle {} ({})",
+            q.output.display(),
+            b.manifest.precisions()
+        );
+        for part in [
+            &b.manifest.vision.derived_from,
+            &b.manifest.qformer.derived_from,
+        ] {
+            if let Some(a) = part.as_ref().and_then(|d| d.get("agreement")) {
+                eprintln!(
+                    "agreement with the f32 graphs (tract, 3 pictures): image features cosine >= {:.6}, max-abs {:.4}; Q-Former output cosine >= {:.6}, max-abs {:.4}",
+                    a["vision_cosine_min"].as_f64().unwrap_or(f64::NAN),
+                    a["vision_max_abs"].as_f64().unwrap_or(f64::NAN),
+                    a["qformer_cosine_min"].as_f64().unwrap_or(f64::NAN),
+                    a["qformer_max_abs"].as_f64().unwrap_or(f64::NAN),
+                );
+                break;
+            }
+        }
         return Ok(());
     }
+    if vision || qformer {
+        bail!(
+            "--vision and --qformer rewrite a bundle's graphs; {} is not a bundle directory",
+            q.input.display()
+        );
+    }
+    let Some((_, ftype)) = llm else {
+        bail!("name the TYPE to quantize {} to", q.input.display());
+    };
     if !q.input.is_file() {
         bail!("{} does not exist", q.input.display());
     }
@@ -565,7 +619,7 @@ fn quantize(q: QuantizeArgs) -> Result<()> {
         &q.input,
         &q.output,
         ftype,
-        threads,
+        threads as i32,
         Some(quantize_progress()),
     )?;
     eprintln!("wrote {}", q.output.display());

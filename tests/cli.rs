@@ -1,4 +1,4 @@
-//! Drives the real `blipd` binary: `ask` and `quantize`.
+//! Drives the real `blipd` binary: `ask`, `quantize` (LLM and graphs) and `check-config`.
 
 mod common;
 
@@ -188,6 +188,130 @@ fn quantize_rejects_unknown_types_and_existing_outputs() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+}
+
+/// `blipd quantize BUNDLE OUT q8_0 --vision int8 --qformer int8`: every
+/// part rewritten in one run, the manifest says what each is and what it was
+/// made from, and the bundle loads (checksums verified) and answers.
+#[test]
+fn quantize_rewrites_graphs_in_int8_and_the_bundle_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_bundle = dir.path().join("tiny-b-int8");
+    let out = blipd()
+        .args(["quantize", "--threads", "2"])
+        .arg(bundle_dir("tiny-b"))
+        .arg(&out_bundle)
+        .args(["q8_0", "--vision", "int8", "--qformer", "int8"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("llm q8_0, vision int8, qformer int8"),
+        "{stderr}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_bundle.join("bundle.json")).unwrap())
+            .unwrap();
+    let src: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(bundle_dir("tiny-b").join("bundle.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["llm"]["weight_type"], "q8_0");
+    for part in ["vision", "qformer"] {
+        assert_eq!(m[part]["precision"], "int8");
+        let d = &m[part]["derived_from"];
+        let file = src[part]["file"].as_str().unwrap();
+        assert_eq!(d["sha256"], src["files"][file]["sha256"]);
+        assert!(d["tool"].as_str().unwrap().starts_with("blipd quantize"));
+        let a = &d["agreement"];
+        assert_eq!(a["pictures"].as_array().unwrap().len(), 3);
+        for key in ["vision_cosine_min", "qformer_cosine_min"] {
+            let c = a[key].as_f64().unwrap();
+            assert!(c > 0.999 && c <= 1.0 + 1e-9, "{key} {c}");
+        }
+    }
+    let f32_size = std::fs::metadata(bundle_dir("tiny-b").join("vision.onnx.data"))
+        .unwrap()
+        .len();
+    let int8_size = std::fs::metadata(out_bundle.join("vision.onnx.data"))
+        .unwrap()
+        .len();
+    assert!(
+        int8_size * 2 < f32_size,
+        "int8 {int8_size} vs f32 {f32_size}"
+    );
+    assert!(
+        !std::fs::read_dir(dir.path()).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("partial")),
+        "a partial folder was left behind"
+    );
+
+    let g = golden("tiny-b");
+    let mut p = blipd::Pipeline::load(&out_bundle, &Default::default()).unwrap();
+    let params = blipd::llm::GenerateParams {
+        max_new_tokens: g.max_new_tokens,
+        sampling: None,
+        constraint: None,
+    };
+    let mut same = 0;
+    for case in &g.cases {
+        let img = blipd::preprocess::load_rgb(&image_path(&case.image)).unwrap();
+        let a = p.ask(&img, &case.prompt, &params).unwrap();
+        assert!(!a.tokens.is_empty());
+        same += usize::from(a.tokens == case.tokens);
+    }
+    eprintln!(
+        "int8 graphs + q8_0 LLM: {same}/{} cases token-identical to the f32 goldens",
+        g.cases.len()
+    );
+    let out = blipd()
+        .arg("check-bundle")
+        .arg(&out_bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vision int8, qformer int8"));
+
+    // A derived graph is not derived again.
+    let out = blipd()
+        .arg("quantize")
+        .arg(&out_bundle)
+        .arg(dir.path().join("again"))
+        .args(["--vision", "int8"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("already int8; derive from an f32 bundle"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn quantize_names_what_it_cannot_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], input: &std::path::Path| {
+        let out = blipd()
+            .arg("quantize")
+            .arg(input)
+            .arg(dir.path().join("x"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let tiny = bundle_dir("tiny-a");
+    assert!(run(&["--vision", "f16"], &tiny).contains("models/vision_precision.py"));
+    assert!(run(&["--qformer", "f16"], &tiny).contains("blipd quantize makes int8"));
+    assert!(run(&[], &tiny).contains("name what to rewrite"));
+    assert!(run(&["--vision", "int8"], &tiny.join("llm.gguf")).contains("not a bundle directory"));
+    assert!(!dir.path().join("x").exists());
 }
 
 #[test]

@@ -10,10 +10,12 @@
 //!   reference's;
 //! - the Q8_0 and Q4_K_M quantized bundles (made by `blipd quantize`) are
 //!   scored the same way, beside the f32 one, and stay close to it;
-//! - so are the bundles with derived vision and Q-Former precision
-//!   (models/vision_precision.py, in the project's .venv: int8 vision, int8
-//!   vision + int8 Q-Former, f16 vision): within 1 point of f32 per type,
-//!   their Q-Former output on the golden subset close to transformers' f32 one.
+//! - so are the bundles with derived vision and Q-Former precision (int8
+//!   vision and f16 vision by models/vision_precision.py, in the project's
+//!   .venv; int8 vision + int8 Q-Former by `blipd quantize --vision int8
+//!   --qformer int8`, which writes the same graphs: models/tests/
+//!   test_quantize_graph.py): within 1 point of f32 per type, their Q-Former
+//!   output on the golden subset close to transformers' f32 one.
 //!
 //! Run with `--nocapture` to see the accuracy tables.
 
@@ -262,7 +264,18 @@ fn demo_bundle_answers_held_out_scenes_like_the_reference() {
         ("f16 vision", "demo-v16", &["--vision", "f16"][..]),
     ] {
         let bundle = dir.path().join(dir_name);
-        derive_precision(&bundle, args);
+        if label == "int8 vision+qformer" {
+            run_ok(
+                "blipd quantize --vision int8 --qformer int8",
+                Command::new(env!("CARGO_BIN_EXE_blipd"))
+                    .args(["quantize", "--threads", "2"])
+                    .arg(demo_dir())
+                    .arg(&bundle)
+                    .args(args),
+            );
+        } else {
+            derive_precision(&bundle, args);
+        }
         let scores = score(&bundle, &g, false);
         let (cos, max_abs, same, n) = qformer_agreement(&bundle, &g);
         eprintln!(

@@ -1,26 +1,92 @@
-//! A bundle made from another with its LLM rewritten (`blipd quantize
-//! BUNDLE OUT`): the other files copied, the new GGUF written by the caller
-//! (the bundle knows files, not llama.cpp), the manifest updated with its
-//! hash, size and weight type. Everything is built in a hidden sibling
-//! folder and renamed to `out` at the end, so an interrupted run leaves no
-//! half bundle behind.
+//! A bundle made from another with some parts rewritten (`blipd quantize
+//! BUNDLE OUT [TYPE] [--vision int8] [--qformer int8]`): the LLM in another
+//! GGUF type, a graph in int8. The bundle knows files, not llama.cpp or
+//! ONNX: the caller's writers produce the new files, this module copies the
+//! rest, hashes what is new and records in the manifest what each part is
+//! and what it was made from. Everything is built in a hidden sibling folder
+//! and renamed to `out` at the end, so an interrupted run leaves no half
+//! bundle behind.
 
 use super::{sha256_file, Bundle, BundleError, FileEntry};
+use std::collections::BTreeSet;
 use std::path::Path;
 
-type WriteError = Box<dyn std::error::Error + Send + Sync>;
+pub type WriteError = Box<dyn std::error::Error + Send + Sync>;
+/// Writes a new file at the second path from the source one at the first.
+pub type Writer<'a> = Box<dyn FnOnce(&Path, &Path) -> Result<(), WriteError> + 'a>;
+/// Compares the derived bundle (second) with its source (first) once every
+/// file is written; the value is recorded as `derived_from.agreement`.
+pub type Check<'a> =
+    Box<dyn FnOnce(&Bundle, &Bundle) -> Result<serde_json::Value, WriteError> + 'a>;
+
+/// Which graph of a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphPart {
+    Vision,
+    QFormer,
+}
+
+impl GraphPart {
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphPart::Vision => "vision",
+            GraphPart::QFormer => "qformer",
+        }
+    }
+}
+
+/// A graph rewritten in another precision. The writer writes the graph file
+/// under its old name; external data goes beside it (`vision.onnx.data`).
+pub struct GraphRewrite<'a> {
+    pub part: GraphPart,
+    pub precision: String,
+    /// How it was made, as `derived_from.tool` records it.
+    pub tool: String,
+    pub write: Writer<'a>,
+}
+
+/// The LLM rewritten as another GGUF weight type (`llm.gguf`).
+pub struct LlmRewrite<'a> {
+    pub weight_type: String,
+    pub write: Writer<'a>,
+}
+
+/// What [`Bundle::derive`] changes.
+#[derive(Default)]
+pub struct Derivation<'a> {
+    pub llm: Option<LlmRewrite<'a>>,
+    pub graphs: Vec<GraphRewrite<'a>>,
+    /// Run before the rename when a graph was rewritten.
+    pub check: Option<Check<'a>>,
+}
+
+/// The file a graph part reads and its external data (`vision.onnx`,
+/// `vision.onnx.data`), among the manifest's files.
+fn graph_files<'a>(files: impl Iterator<Item = &'a String>, graph: &str) -> BTreeSet<String> {
+    files
+        .filter(|n| *n == graph || n.starts_with(&format!("{graph}.")))
+        .cloned()
+        .collect()
+}
 
 impl Bundle {
-    /// Writes a copy of this bundle to `out` whose LLM is `write(from, to)`'s
-    /// output, recorded as `weight_type`. `out` must not exist.
-    pub fn derive_llm(
-        &self,
-        out: &Path,
-        weight_type: &str,
-        write: impl FnOnce(&Path, &Path) -> Result<(), WriteError>,
-    ) -> Result<Bundle, BundleError> {
+    /// Writes a copy of this bundle to `out` with the parts `plan` names
+    /// rewritten. `out` must not exist; a graph must be f32 to be derived.
+    pub fn derive(&self, out: &Path, plan: Derivation) -> Result<Bundle, BundleError> {
         if out.exists() {
             return Err(BundleError::Exists(out.to_path_buf()));
+        }
+        for g in &plan.graphs {
+            let precision = match g.part {
+                GraphPart::Vision => &self.manifest.vision.precision,
+                GraphPart::QFormer => &self.manifest.qformer.precision,
+            };
+            if precision != "f32" {
+                return Err(BundleError::NotF32 {
+                    part: g.part.name(),
+                    precision: precision.clone(),
+                });
+            }
         }
         let name = out
             .file_name()
@@ -33,7 +99,7 @@ impl Bundle {
         };
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        let built = self.build_into(&tmp, weight_type, write);
+        let built = self.build_into(&tmp, plan);
         let result = built.and_then(|mut b| {
             std::fs::rename(&tmp, out).map_err(io(out))?;
             b.dir = out.to_path_buf();
@@ -45,45 +111,128 @@ impl Bundle {
         result
     }
 
-    fn build_into(
+    /// [`Bundle::derive`] with only the LLM rewritten.
+    pub fn derive_llm(
         &self,
-        dir: &Path,
+        out: &Path,
         weight_type: &str,
-        write: impl FnOnce(&Path, &Path) -> Result<(), WriteError>,
+        write: impl FnOnce(&Path, &Path) -> Result<(), WriteError> + 'static,
     ) -> Result<Bundle, BundleError> {
-        let mut manifest = self.manifest.clone();
-        let old_llm = manifest.llm.file.clone();
-        for name in manifest.files.keys().filter(|n| **n != old_llm) {
-            let to = dir.join(name);
-            std::fs::copy(self.path(name), &to)
-                .map_err(|source| BundleError::Io { path: to, source })?;
+        self.derive(
+            out,
+            Derivation {
+                llm: Some(LlmRewrite {
+                    weight_type: weight_type.into(),
+                    write: Box::new(write),
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn build_into(&self, dir: &Path, plan: Derivation) -> Result<Bundle, BundleError> {
+        let src = &self.manifest;
+        let mut manifest = src.clone();
+        let graph_file = |part: GraphPart| match part {
+            GraphPart::Vision => src.vision.file.clone(),
+            GraphPart::QFormer => src.qformer.file.clone(),
+        };
+        let mut replaced = BTreeSet::new();
+        if plan.llm.is_some() {
+            replaced.insert(src.llm.file.clone());
         }
-        let new_llm = "llm.gguf".to_string();
-        let to = dir.join(&new_llm);
-        write(&self.path(&old_llm), &to).map_err(|source| BundleError::Write {
-            path: to.clone(),
+        let mut graphs = BTreeSet::new();
+        for part in [GraphPart::Vision, GraphPart::QFormer] {
+            let files = graph_files(src.files.keys(), &graph_file(part));
+            if plan.graphs.iter().any(|g| g.part == part) {
+                replaced.extend(files);
+            } else {
+                graphs.extend(files);
+            }
+        }
+        for name in src.files.keys().filter(|n| !replaced.contains(*n)) {
+            let to = dir.join(name);
+            let from = self.path(name);
+            // A large LLM is hard-linked where the file system allows;
+            // graphs are copied: onnx (Python) refuses external data from a
+            // file with several links (a "hardlink attack").
+            if graphs.contains(name) || std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to).map_err(|source| BundleError::Io { path: to, source })?;
+            }
+        }
+        let write_err = |to: &Path| {
+            let path = to.to_path_buf();
+            move |source| BundleError::Write { path, source }
+        };
+        if let Some(llm) = plan.llm {
+            let to = dir.join("llm.gguf");
+            (llm.write)(&self.path(&src.llm.file), &to).map_err(write_err(&to))?;
+            manifest.llm.file = "llm.gguf".into();
+            manifest.llm.weight_type = llm.weight_type;
+        }
+        let mut derived = Vec::new();
+        for g in plan.graphs {
+            let file = graph_file(g.part);
+            let to = dir.join(&file);
+            (g.write)(&self.path(&file), &to).map_err(write_err(&to))?;
+            let from = serde_json::json!({
+                "precision": "f32",
+                "sha256": src.files.get(&file).map(|e| e.sha256.clone()),
+                "tool": g.tool,
+            });
+            match g.part {
+                GraphPart::Vision => manifest.vision.precision = g.precision,
+                GraphPart::QFormer => manifest.qformer.precision = g.precision,
+            }
+            derived.push((g.part, from));
+        }
+        manifest.files.retain(|name, _| !replaced.contains(name));
+        let entries = std::fs::read_dir(dir).map_err(|source| BundleError::Io {
+            path: dir.to_path_buf(),
             source,
         })?;
-        let size = std::fs::metadata(&to)
-            .map_err(|source| BundleError::Io {
-                path: to.clone(),
+        for entry in entries {
+            let entry = entry.map_err(|source| BundleError::Io {
+                path: dir.to_path_buf(),
                 source,
-            })?
-            .len();
-        manifest.files.remove(&old_llm);
-        manifest.files.insert(
-            new_llm.clone(),
-            FileEntry {
-                sha256: sha256_file(&to)?,
-                size,
-            },
-        );
-        manifest.llm.file = new_llm;
-        manifest.llm.weight_type = weight_type.to_string();
-        let b = Bundle {
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if manifest.files.contains_key(&name) || name == super::MANIFEST {
+                continue;
+            }
+            let path = entry.path();
+            let size = entry
+                .metadata()
+                .map_err(|source| BundleError::Io {
+                    path: path.clone(),
+                    source,
+                })?
+                .len();
+            let sha256 = sha256_file(&path)?;
+            manifest.files.insert(name, FileEntry { sha256, size });
+        }
+        let mut b = Bundle {
             dir: dir.to_path_buf(),
             manifest,
         };
+        let agreement = match plan.check {
+            Some(check) if !derived.is_empty() => {
+                Some(check(self, &b).map_err(|source| BundleError::Write {
+                    path: dir.to_path_buf(),
+                    source,
+                })?)
+            }
+            _ => None,
+        };
+        for (part, mut from) in derived {
+            if let Some(a) = &agreement {
+                from["agreement"] = a.clone();
+            }
+            match part {
+                GraphPart::Vision => b.manifest.vision.derived_from = Some(from),
+                GraphPart::QFormer => b.manifest.qformer.derived_from = Some(from),
+            }
+        }
         b.write_manifest()?;
         Ok(b)
     }

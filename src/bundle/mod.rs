@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 mod derive;
 mod stamp;
 
+pub use derive::{Check, Derivation, GraphPart, GraphRewrite, LlmRewrite, WriteError, Writer};
 pub use stamp::Verified;
 
 /// Name of the manifest inside a bundle directory.
@@ -61,6 +62,11 @@ pub enum BundleError {
     Inconsistent(String),
     #[error("{0} already exists; choose a new folder for the derived bundle")]
     Exists(PathBuf),
+    #[error("its {part} is already {precision}; derive from an f32 bundle")]
+    NotF32 {
+        part: &'static str,
+        precision: String,
+    },
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -293,7 +299,7 @@ impl Bundle {
         Ok(())
     }
 
-    /// Rewrites the manifest after a file changed ([`Bundle::derive_llm`]).
+    /// Rewrites the manifest after a file changed ([`Bundle::derive`]).
     pub fn write_manifest(&self) -> Result<(), BundleError> {
         let path = self.dir.join(MANIFEST);
         let text = serde_json::to_string_pretty(&self.manifest).map_err(|source| {

@@ -7,6 +7,7 @@
 //! executor is single-threaded and reads no environment variable.
 
 mod fold;
+pub mod int8;
 pub mod quantize;
 
 pub use fold::fold_weight_work;

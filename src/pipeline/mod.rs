@@ -1,5 +1,7 @@
 //! Wires the stages: frame -> features (once per frame) -> answer (per question).
 
+pub mod derive;
+
 use crate::bundle::{Bundle, BundleError};
 use crate::graph::GraphError;
 use crate::llm::{GenerateParams, Llm, LlmError, LlmOptions, StopReason};
