@@ -2,13 +2,15 @@
 //! int8/f16 vision figures of docs/PERFORMANCE.md.
 //!
 //!     cargo run --release --example tract_profile -- GRAPH.onnx [--threads 2] [--runs 3]
-//!         [--input 1,3,224,224] [--f16]
+//!         [--input 1,3,224,224] [--f16] [--text N]
 //!
 //! Loads the graph the way `blipd` does (tract-onnx, optimize, a multithread
 //! executor), runs it once to warm up, then `--runs` times with a timer
 //! around every node, and prints the time per op kind (median run) and the
 //! ten slowest nodes, with each node's optimized op description. `--f16`
-//! applies tract's `f32_to_f16` transform before optimizing.
+//! applies tract's `f32_to_f16` transform before optimizing. `--text N`
+//! profiles a Q-Former: its input 0 is the image features (`--input
+//! 1,257,1408`), inputs 1 and 2 the N token ids and their mask.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -18,12 +20,14 @@ fn main() -> TractResult<()> {
     let mut args = std::env::args().skip(1);
     let mut path = None;
     let (mut threads, mut runs, mut f16) = (2usize, 3usize, false);
+    let mut text: Option<usize> = None;
     let mut input = vec![1usize, 3, 224, 224];
     while let Some(a) = args.next() {
         match a.as_str() {
             "--threads" => threads = args.next().unwrap_or_default().parse()?,
             "--runs" => runs = args.next().unwrap_or_default().parse()?,
             "--f16" => f16 = true,
+            "--text" => text = Some(args.next().unwrap_or_default().parse()?),
             "--input" => {
                 input = args
                     .next()
@@ -40,9 +44,13 @@ fn main() -> TractResult<()> {
     let mut model = tract_onnx::onnx()
         .with_ignore_value_info(true)
         .model_for_path(&path)?
-        .with_input_fact(0, f32::fact(&input).into())?
-        .into_typed()?
-        .into_decluttered()?;
+        .with_input_fact(0, f32::fact(&input).into())?;
+    if let Some(n) = text {
+        model = model
+            .with_input_fact(1, i64::fact([1, n]).into())?
+            .with_input_fact(2, i64::fact([1, n]).into())?;
+    }
+    let mut model = model.into_typed()?.into_decluttered()?;
     if f16 {
         let t = tract_onnx::tract_core::transform::get_transform("f32_to_f16")?
             .ok_or_else(|| anyhow::anyhow!("no f32_to_f16 transform"))?;
@@ -67,14 +75,30 @@ fn main() -> TractResult<()> {
     );
     let n: usize = input.iter().product();
     let values: Vec<f32> = (0..n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
-    let x = Tensor::from_shape(&input, &values)?;
+    let mut inputs: TVec<TValue> = tvec!(Tensor::from_shape(&input, &values)?.into());
+    if let Some(n) = text {
+        // [CLS] words [SEP], ids inside any BERT vocabulary.
+        let ids: Vec<i64> = (0..n as i64)
+            .map(|i| {
+                if i == 0 {
+                    101
+                } else if i == n as i64 - 1 {
+                    102
+                } else {
+                    1000 + 37 * i
+                }
+            })
+            .collect();
+        inputs.push(Tensor::from_shape(&[1, n], &ids)?.into());
+        inputs.push(Tensor::from_shape(&[1, n], &vec![1i64; n])?.into());
+    }
 
     let mut per_run: Vec<(Duration, Vec<Duration>)> = Vec::new();
     for run in 0..=runs {
         let mut state = tract_onnx::tract_core::plan::SimpleState::new(&plan)?;
         let mut times = vec![Duration::ZERO; plan.model().nodes().len()];
         let t = Instant::now();
-        state.run_plan_with_eval(tvec!(x.clone().into()), |ctx, st, node, inputs| {
+        state.run_plan_with_eval(inputs.clone(), |ctx, st, node, inputs| {
             let t = Instant::now();
             let r = tract_onnx::tract_core::plan::eval(ctx, st, node, inputs);
             times[node.id] += t.elapsed();

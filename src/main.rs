@@ -229,6 +229,8 @@ fn main() -> std::process::ExitCode {
         Command::Serve(_) => "info,rumqttd=off",
         // The doctor reports problems itself; camera retry warnings would repeat them.
         Command::Doctor(_) => "error",
+        // Rewriting a ViT-g's graphs takes a minute or more: say what it is doing.
+        Command::Quantize(_) => "warn,blipd::pipeline::derive=info",
         _ => "warn",
     };
     init_logging(cli.log.as_deref().unwrap_or(default_log));
@@ -540,18 +542,8 @@ fn sampler_params(a: &AskArgs, temperature: f32) -> Result<SamplerParams> {
 }
 
 fn quantize(q: QuantizeArgs) -> Result<()> {
-    let llm = match &q.kind {
-        None => None,
-        Some(kind) => {
-            let kind = kind.to_ascii_lowercase();
-            let quant = blipd::llm::quantize::QUANT_TYPES;
-            let Some(&(_, ftype)) = quant.iter().find(|(n, _)| *n == kind) else {
-                let names: Vec<_> = quant.iter().map(|(n, _)| *n).collect();
-                bail!("unknown type {kind}; choose one of {}", names.join(", "));
-            };
-            Some((kind, ftype))
-        }
-    };
+    use blipd::llm::quantize::{ftype, stderr_progress};
+    let llm = q.kind.as_deref().map(ftype).transpose()?;
     let int8 = |flag: &str, value: &Option<String>| match value.as_deref() {
         None | Some("f32") => Ok(false),
         Some("int8") => Ok(true),
@@ -568,38 +560,18 @@ fn quantize(q: QuantizeArgs) -> Result<()> {
         }
         let src = blipd::bundle::Bundle::open(&q.input)?;
         src.verify()?;
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        };
         let plan = blipd::pipeline::derive::QuantizePlan {
             llm,
             vision_int8: vision,
             qformer_int8: qformer,
             threads,
-            llm_progress: Some(quantize_progress()),
+            llm_progress: Some(stderr_progress()),
         };
         let b = blipd::pipeline::derive::quantize_bundle(&src, &q.output, plan)?;
-        eprintln!(
-            "wrote bundle {} ({})",
-            q.output.display(),
-            b.manifest.precisions()
-        );
-        for part in [
-            &b.manifest.vision.derived_from,
-            &b.manifest.qformer.derived_from,
-        ] {
-            if let Some(a) = part.as_ref().and_then(|d| d.get("agreement")) {
-                eprintln!(
-                    "agreement with the f32 graphs (tract, 3 pictures): image features cosine >= {:.6}, max-abs {:.4}; Q-Former output cosine >= {:.6}, max-abs {:.4}",
-                    a["vision_cosine_min"].as_f64().unwrap_or(f64::NAN),
-                    a["vision_max_abs"].as_f64().unwrap_or(f64::NAN),
-                    a["qformer_cosine_min"].as_f64().unwrap_or(f64::NAN),
-                    a["qformer_max_abs"].as_f64().unwrap_or(f64::NAN),
-                );
-                break;
-            }
+        let (out, what) = (q.output.display(), b.manifest.precisions());
+        eprintln!("wrote bundle {out} ({what})");
+        if let Some(line) = blipd::pipeline::derive::agreement_line(&b) {
+            eprintln!("{line}");
         }
         return Ok(());
     }
@@ -615,32 +587,8 @@ fn quantize(q: QuantizeArgs) -> Result<()> {
     if !q.input.is_file() {
         bail!("{} does not exist", q.input.display());
     }
-    ffi::quantize(
-        &q.input,
-        &q.output,
-        ftype,
-        threads as i32,
-        Some(quantize_progress()),
-    )?;
+    let progress = Some(stderr_progress());
+    ffi::quantize(&q.input, &q.output, ftype, threads as i32, progress)?;
     eprintln!("wrote {}", q.output.display());
     Ok(())
-}
-
-/// "quantizing: 40% (116/291 tensors, 52 s)" on stderr at every tenth of the
-/// tensors begun: a 7B model takes minutes (models/export.py passes it through).
-fn quantize_progress() -> Box<dyn FnMut(usize, usize) + Send> {
-    let start = std::time::Instant::now();
-    let mut shown = 0;
-    Box::new(move |i, n| {
-        // llama.cpp announces tensor i before converting it.
-        let tenth = (i * 10).checked_div(n).unwrap_or(0);
-        if tenth > shown {
-            shown = tenth;
-            eprintln!(
-                "quantizing: {}% ({i}/{n} tensors, {:.0} s)",
-                i * 100 / n.max(1),
-                start.elapsed().as_secs_f64()
-            );
-        }
-    })
 }

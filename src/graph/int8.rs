@@ -403,7 +403,11 @@ impl Reader {
         // Consecutive weights mostly share one data file: keep it open.
         let f = match &mut self.open {
             Some((p, f)) if *p == path => f,
-            slot => &mut slot.insert((path.clone(), File::open(&path).map_err(io)?)).1,
+            slot => {
+                &mut slot
+                    .insert((path.clone(), File::open(&path).map_err(io)?))
+                    .1
+            }
         };
         let size = f.metadata().map_err(io)?.len();
         let length = length.unwrap_or(size.saturating_sub(offset));

@@ -24,6 +24,50 @@ pub const QUANT_TYPES: &[(&str, u32)] = &[
     ("bf16", 32),
 ];
 
+/// A type name `blipd quantize` does not offer.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown type {name}; choose one of {choices}")]
+pub struct UnknownType {
+    name: String,
+    choices: String,
+}
+
+/// The canonical (lower-case) name and llama.cpp's ftype of a type name.
+pub fn ftype(name: &str) -> Result<(String, u32), UnknownType> {
+    let lower = name.to_ascii_lowercase();
+    QUANT_TYPES
+        .iter()
+        .find(|(n, _)| *n == lower)
+        .map(|&(n, f)| (n.to_string(), f))
+        .ok_or_else(|| UnknownType {
+            name: name.into(),
+            choices: QUANT_TYPES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// "quantizing: 40% (116/291 tensors, 52 s)" on stderr at every tenth of the
+/// tensors begun: a 7B model takes minutes (models/export.py passes it through).
+pub fn stderr_progress() -> Progress {
+    let start = std::time::Instant::now();
+    let mut shown = 0;
+    Box::new(move |i, n| {
+        // llama.cpp announces tensor i before converting it.
+        let tenth = (i * 10).checked_div(n).unwrap_or(0);
+        if tenth > shown {
+            shown = tenth;
+            eprintln!(
+                "quantizing: {}% ({i}/{n} tensors, {:.0} s)",
+                i * 100 / n.max(1),
+                start.elapsed().as_secs_f64()
+            );
+        }
+    })
+}
+
 /// Where [`ffi::quantize`](super::ffi::quantize) reports "tensor i of n": llama.cpp only says it in its
 /// log, one `[   i/   n] name ...` line per tensor, so the log callback reads
 /// the counter from there while a quantization runs.
@@ -71,7 +115,14 @@ impl Drop for ProgressSlot {
 
 #[cfg(test)]
 mod tests {
-    use super::tensor_counter;
+    use super::{ftype, tensor_counter};
+
+    #[test]
+    fn type_names_are_llama_cpps_in_any_case() {
+        assert_eq!(ftype("Q4_K_M").unwrap(), ("q4_k_m".to_string(), 15));
+        let e = ftype("q3_bogus").unwrap_err().to_string();
+        assert!(e.contains("q3_bogus") && e.contains("q8_0"), "{e}");
+    }
 
     #[test]
     fn reads_the_quantizers_tensor_counter() {

@@ -42,6 +42,7 @@ pub struct QuantizePlan {
     pub llm: Option<(String, u32)>,
     pub vision_int8: bool,
     pub qformer_int8: bool,
+    /// Threads for llama.cpp's quantizer and tract; 0: all cores.
     pub threads: usize,
     pub llm_progress: Option<crate::llm::quantize::Progress>,
 }
@@ -52,7 +53,10 @@ pub fn quantize_bundle(
     out: &Path,
     plan: QuantizePlan,
 ) -> Result<Bundle, PipelineError> {
-    let threads = plan.threads;
+    let threads = match plan.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let mut derivation = Derivation::default();
     if let Some((weight_type, ftype)) = plan.llm {
         let mut progress = plan.llm_progress;
@@ -94,6 +98,25 @@ pub fn quantize_bundle(
         agreement(src, new, threads).map_err(|e| Box::new(e) as WriteError)
     }));
     Ok(src.derive(out, derivation)?)
+}
+
+/// The agreement a derived bundle records, in one line for the terminal.
+pub fn agreement_line(b: &Bundle) -> Option<String> {
+    let m = &b.manifest;
+    let a = [&m.vision.derived_from, &m.qformer.derived_from]
+        .into_iter()
+        .find_map(|d| d.as_ref()?.get("agreement"))?;
+    let f = |k: &str| a[k].as_f64().unwrap_or(f64::NAN);
+    Some(format!(
+        "agreement with the f32 graphs ({}, {} pictures): image features cosine >= {:.6}, \
+         max-abs {:.4}; Q-Former output cosine >= {:.6}, max-abs {:.4}",
+        a["runtime"].as_str().unwrap_or("onnxruntime"),
+        a["pictures"].as_array().map_or(0, |p| p.len()),
+        f("vision_cosine_min"),
+        f("vision_max_abs"),
+        f("qformer_cosine_min"),
+        f("qformer_max_abs"),
+    ))
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
