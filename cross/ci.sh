@@ -2,7 +2,8 @@
 # The aarch64 proof, as CI runs it: cross-build blipd (generic CPU profile),
 # run every golden case under qemu-aarch64 and require token-identical
 # answers (one thread: see cross/check_goldens.py), then build the arm64
-# .deb and check its contents (and lintian).
+# .deb and check its contents (and lintian), and that its `blipd quantize
+# --vision int8` writes x86's graphs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh cross
@@ -30,6 +31,18 @@ file "$root/usr/bin/blipd" | grep -q "ARM aarch64" || { echo "/usr/bin/blipd is 
 qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/blipd" check-config "$root/etc/blipd/blipd.toml" >/dev/null
 qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/blipd" ask --threads 1 --model "$root/usr/share/blipd/demo" \
   --image tests/fixtures/images/garage.png "What do you see?" >/dev/null
-echo "package contents ok"
+# `blipd quantize --vision int8 --qformer int8` on the board: the packaged
+# binary rewrites the installed demo bundle's graphs into the same files,
+# byte for byte, as the x86 build (which equals onnxruntime's graphs:
+# models/tests/test_quantize_graph.py).
+[ -x target/release/blipd ] || cargo build --release
+qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/blipd" quantize --threads 1 \
+  "$root/usr/share/blipd/demo" "$root/int8-arm" --vision int8 --qformer int8 2>&1 | tail -1
+target/release/blipd quantize --threads 1 "$root/usr/share/blipd/demo" "$root/int8-x86" \
+  --vision int8 --qformer int8 2>/dev/null
+for f in vision.onnx vision.onnx.data qformer.onnx qformer.onnx.data; do
+  cmp "$root/int8-arm/$f" "$root/int8-x86/$f"
+done
+echo "package contents ok (aarch64 int8 graphs = x86's)"
 echo "== lintian (warnings reported, not fatal)"
 lintian --tag-display-limit 0 "$deb" || true

@@ -4,6 +4,11 @@ quantize_dynamic, as models/vision_precision.py runs it. The two graphs must
 hold the same tensors byte for byte and the same nodes, pass onnx's checker,
 and give onnxruntime the same outputs bit for bit, on the tiny fixtures and
 on the demo bundle (whose derived accuracy tests/demo.rs holds to f32's).
+
+    python models/tests/test_quantize_graph.py REF_BUNDLE RUST_BUNDLE
+
+compares two derived bundles' graphs the same way (e.g. a 7B bundle from
+models/vision_precision.py against `blipd quantize`'s).
 """
 
 from __future__ import annotations
@@ -34,11 +39,26 @@ def nodes(model) -> list[str]:
                   f"{sorted((a.name, repr(get_attribute_value(a))) for a in n.attribute)}" for n in model.graph.node)
 
 
+def same_graphs(ref: Path, rust: Path, graph: str) -> None:
+    """Equal tensors (name, type, shape, bytes) and equal nodes; the Rust
+    graph passes onnx's checker."""
+    import onnx
+    from onnx import numpy_helper
+
+    a, b = onnx.load(str(ref / graph)), onnx.load(str(rust / graph))
+    onnx.checker.check_model(b)
+    ta = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+    tb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+    assert sorted(ta) == sorted(tb), graph
+    for k, v in ta.items():
+        assert v.dtype == tb[k].dtype and v.shape == tb[k].shape and v.tobytes() == tb[k].tobytes(), f"{graph} {k}"
+    assert nodes(a) == nodes(b), graph
+    print(f"{graph}: {len(ta)} tensors and {len(a.graph.node)} nodes equal")
+
+
 @pytest.mark.parametrize("name", sorted(BUNDLES))
 def test_rust_int8_graphs_equal_onnxruntime_quantize_dynamic(tmp_path, name):
-    import onnx
     import onnxruntime as ort
-    from onnx import numpy_helper
 
     blipd = ROOT / "target" / "release" / "blipd"
     assert blipd.is_file(), "build blipd first (cargo build --release)"
@@ -61,14 +81,7 @@ def test_rust_int8_graphs_equal_onnxruntime_quantize_dynamic(tmp_path, name):
 
     sessions = {}
     for graph in ("vision.onnx", "qformer.onnx"):
-        a, b = onnx.load(str(ref / graph)), onnx.load(str(rust / graph))
-        onnx.checker.check_model(b)
-        ta = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
-        tb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
-        assert sorted(ta) == sorted(tb), graph
-        for k, v in ta.items():
-            assert v.dtype == tb[k].dtype and v.shape == tb[k].shape and v.tobytes() == tb[k].tobytes(), f"{graph} {k}"
-        assert nodes(a) == nodes(b), graph
+        same_graphs(ref, rust, graph)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         sessions[graph] = [ort.InferenceSession(str(d / graph), opts, providers=["CPUExecutionProvider"])
@@ -86,3 +99,8 @@ def test_rust_int8_graphs_equal_onnxruntime_quantize_dynamic(tmp_path, name):
         names = [i.name for i in s.get_inputs()]
         outs.append(s.run(None, {names[0]: feats[0], names[1]: ids, names[2]: np.ones_like(ids)})[0])
     assert np.array_equal(outs[0], outs[1])
+
+
+if __name__ == "__main__":
+    for g in ("vision.onnx", "qformer.onnx"):
+        same_graphs(Path(sys.argv[1]), Path(sys.argv[2]), g)
