@@ -2,13 +2,14 @@
 //! int8/f16 vision figures of docs/PERFORMANCE.md.
 //!
 //!     cargo run --release --example tract_profile -- GRAPH.onnx [--threads 2] [--runs 3]
-//!         [--input 1,3,224,224] [--f16] [--text N]
+//!         [--input 1,3,224,224] [--f16] [--block-quant] [--text N]
 //!
 //! Loads the graph the way `blipd` does (tract-onnx, optimize, a multithread
 //! executor), runs it once to warm up, then `--runs` times with a timer
 //! around every node, and prints the time per op kind (median run) and the
 //! ten slowest nodes, with each node's optimized op description. `--f16`
-//! applies tract's `f32_to_f16` transform before optimizing. `--text N`
+//! applies tract's `f32_to_f16` transform before optimizing, `--block-quant`
+//! its `block_quant` (the constant matmul weights in Q4_0). `--text N`
 //! profiles a Q-Former: its input 0 is the image features (`--input
 //! 1,257,1408`), inputs 1 and 2 the N token ids and their mask.
 
@@ -19,7 +20,7 @@ use tract_onnx::prelude::*;
 fn main() -> TractResult<()> {
     let mut args = std::env::args().skip(1);
     let mut path = None;
-    let (mut threads, mut runs, mut f16) = (2usize, 3usize, false);
+    let (mut threads, mut runs, mut f16, mut bq) = (2usize, 3usize, false, false);
     let mut text: Option<usize> = None;
     let mut input = vec![1usize, 3, 224, 224];
     while let Some(a) = args.next() {
@@ -27,6 +28,7 @@ fn main() -> TractResult<()> {
             "--threads" => threads = args.next().unwrap_or_default().parse()?,
             "--runs" => runs = args.next().unwrap_or_default().parse()?,
             "--f16" => f16 = true,
+            "--block-quant" => bq = true,
             "--text" => text = Some(args.next().unwrap_or_default().parse()?),
             "--input" => {
                 input = args
@@ -51,10 +53,12 @@ fn main() -> TractResult<()> {
             .with_input_fact(2, i64::fact([1, n]).into())?;
     }
     let mut model = model.into_typed()?.into_decluttered()?;
-    if f16 {
-        let t = tract_onnx::tract_core::transform::get_transform("f32_to_f16")?
-            .ok_or_else(|| anyhow::anyhow!("no f32_to_f16 transform"))?;
-        t.transform(&mut model)?;
+    for (on, name) in [(f16, "f32_to_f16"), (bq, "block_quant")] {
+        if on {
+            let t = tract_onnx::tract_core::transform::get_transform(name)?
+                .ok_or_else(|| anyhow::anyhow!("no {name} transform"))?;
+            t.transform(&mut model)?;
+        }
     }
     eprintln!("decluttered in {:.1} s", t0.elapsed().as_secs_f64());
     let mut model = model.into_optimized()?;
@@ -125,7 +129,11 @@ fn main() -> TractResult<()> {
         "median run {:.3} s ({} runs, {threads} threads){}",
         total.as_secs_f64(),
         per_run.len(),
-        if f16 { ", f32_to_f16" } else { "" }
+        match (f16, bq) {
+            (true, _) => ", f32_to_f16",
+            (_, true) => ", block_quant",
+            _ => "",
+        }
     );
     println!("{:>9} {:>6} {:>6}  op", "ms", "%", "nodes");
     for (op, (d, n)) in by_op.iter().take(15) {
