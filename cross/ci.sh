@@ -33,8 +33,8 @@ qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/blipd" ask --threads 1 --m
   --image tests/fixtures/images/garage.png "What do you see?" >/dev/null
 # `blipd quantize --vision int8 --qformer int8` on the board: the packaged
 # binary rewrites the installed demo bundle's graphs into the same files,
-# byte for byte, as the x86 build (which equals onnxruntime's graphs:
-# models/tests/test_quantize_graph.py).
+# byte for byte, as the x86 build (whose tensors and nodes equal
+# onnxruntime's: models/tests/test_quantize_graph.py).
 [ -x target/release/blipd ] || cargo build --release
 qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/blipd" quantize --threads 1 \
   "$root/usr/share/blipd/demo" "$root/int8-arm" --vision int8 --qformer int8 2>&1 | tail -1

@@ -588,7 +588,8 @@ fn quantize(q: QuantizeArgs) -> Result<()> {
         bail!("{} does not exist", q.input.display());
     }
     let progress = Some(stderr_progress());
-    ffi::quantize(&q.input, &q.output, ftype, threads as i32, progress)?;
+    let threads = i32::try_from(threads).unwrap_or(i32::MAX);
+    ffi::quantize(&q.input, &q.output, ftype, threads, progress)?;
     eprintln!("wrote {}", q.output.display());
     Ok(())
 }

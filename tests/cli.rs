@@ -312,6 +312,47 @@ fn quantize_names_what_it_cannot_make() {
     assert!(run(&[], &tiny).contains("name what to rewrite"));
     assert!(run(&["--vision", "int8"], &tiny.join("llm.gguf")).contains("not a bundle directory"));
     assert!(!dir.path().join("x").exists());
+
+    // A graph the rewrite refuses (here an int8 Q-Former that the manifest
+    // calls f32): a named error, and nothing left behind.
+    let src = dir.path().join("mislabelled");
+    std::fs::create_dir(&src).unwrap();
+    for e in std::fs::read_dir(&tiny).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), src.join(e.file_name())).unwrap();
+    }
+    let int8 = dir.path().join("int8");
+    let st = blipd()
+        .args(["quantize", "--threads", "1"])
+        .arg(&tiny)
+        .arg(&int8)
+        .args(["--qformer", "int8"])
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let manifest = src.join("bundle.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    for f in ["qformer.onnx", "qformer.onnx.data"] {
+        std::fs::copy(int8.join(f), src.join(f)).unwrap();
+        let path = src.join(f);
+        m["files"][f] = serde_json::json!({
+            "sha256": blipd::bundle::sha256_file(&path).unwrap(),
+            "size": std::fs::metadata(&path).unwrap().len(),
+        });
+    }
+    std::fs::write(&manifest, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    let stderr = run(&["--qformer", "int8"], &src);
+    assert!(
+        stderr.contains("no MatMul with a constant f32 weight"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial") || n == "x")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

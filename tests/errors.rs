@@ -221,6 +221,29 @@ fn zero_sized_image_is_an_error() {
 }
 
 #[test]
+fn manifest_file_names_stay_inside_the_bundle() {
+    // A manifest naming `../x` or `/x` would have verify read, and a derived
+    // bundle write, outside the bundle's folder.
+    for name in [
+        "../outside.txt",
+        "/etc/hostname",
+        "sub/dir.bin",
+        "bundle.json",
+    ] {
+        let dir = copy_bundle("tiny-a");
+        edit_manifest(dir.path(), |v| {
+            v["files"][name] = serde_json::json!({"sha256": "00", "size": 0});
+        });
+        let e = load_err(dir.path());
+        assert!(
+            matches!(e, PipelineError::Bundle(BundleError::Inconsistent(_))),
+            "{name}: {e}"
+        );
+        assert!(e.to_string().contains("not a plain file name"), "{e}");
+    }
+}
+
+#[test]
 fn manifest_unknown_precision_is_refused() {
     // A precision this blipd does not know (a newer exporter, a typo) is
     // named, not run as if it were f32.

@@ -83,6 +83,7 @@ impl Bundle {
             };
             if precision != "f32" {
                 return Err(BundleError::NotF32 {
+                    dir: self.dir.clone(),
                     part: g.part.name(),
                     precision: precision.clone(),
                 });
@@ -99,35 +100,22 @@ impl Bundle {
         };
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        let built = self.build_into(&tmp, plan);
-        let result = built.and_then(|mut b| {
-            std::fs::rename(&tmp, out).map_err(io(out))?;
-            b.dir = out.to_path_buf();
-            Ok(b)
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
+        // Removes the half-built folder on every way out but success, a
+        // panic in tract or llama.cpp included.
+        struct Partial<'p>(&'p Path, bool);
+        impl Drop for Partial<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    let _ = std::fs::remove_dir_all(self.0);
+                }
+            }
         }
-        result
-    }
-
-    /// [`Bundle::derive`] with only the LLM rewritten.
-    pub fn derive_llm(
-        &self,
-        out: &Path,
-        weight_type: &str,
-        write: impl FnOnce(&Path, &Path) -> Result<(), WriteError> + 'static,
-    ) -> Result<Bundle, BundleError> {
-        self.derive(
-            out,
-            Derivation {
-                llm: Some(LlmRewrite {
-                    weight_type: weight_type.into(),
-                    write: Box::new(write),
-                }),
-                ..Default::default()
-            },
-        )
+        let mut partial = Partial(&tmp, false);
+        let mut b = self.build_into(&tmp, plan)?;
+        std::fs::rename(&tmp, out).map_err(io(out))?;
+        partial.1 = true;
+        b.dir = out.to_path_buf();
+        Ok(b)
     }
 
     fn build_into(&self, dir: &Path, plan: Derivation) -> Result<Bundle, BundleError> {
@@ -140,6 +128,11 @@ impl Bundle {
         let mut replaced = BTreeSet::new();
         if plan.llm.is_some() {
             replaced.insert(src.llm.file.clone());
+            if src.llm.file != "llm.gguf" && src.files.contains_key("llm.gguf") {
+                return Err(BundleError::Inconsistent(
+                    "llm.gguf, the name of the new LLM, is another file of the bundle".into(),
+                ));
+            }
         }
         let mut graphs = BTreeSet::new();
         for part in [GraphPart::Vision, GraphPart::QFormer] {
@@ -153,10 +146,12 @@ impl Bundle {
         for name in src.files.keys().filter(|n| !replaced.contains(*n)) {
             let to = dir.join(name);
             let from = self.path(name);
-            // A large LLM is hard-linked where the file system allows;
-            // graphs are copied: onnx (Python) refuses external data from a
-            // file with several links (a "hardlink attack").
-            if graphs.contains(name) || std::fs::hard_link(&from, &to).is_err() {
+            // A large LLM is hard-linked where the file system allows (a
+            // symlink is copied: a link to it would dangle or resolve
+            // elsewhere); graphs are copied: onnx (Python) refuses external
+            // data from a file with several links (a "hardlink attack").
+            let linkable = std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_file());
+            if graphs.contains(name) || !linkable || std::fs::hard_link(&from, &to).is_err() {
                 std::fs::copy(&from, &to).map_err(|source| BundleError::Io { path: to, source })?;
             }
         }

@@ -62,11 +62,14 @@ pub enum BundleError {
     Inconsistent(String),
     #[error("{0} already exists; choose a new folder for the derived bundle")]
     Exists(PathBuf),
-    #[error("its {part} is already {precision}; derive from an f32 bundle")]
+    #[error("{dir}: its {part} is already {precision}; derive from an f32 bundle")]
     NotF32 {
+        dir: PathBuf,
         part: &'static str,
         precision: String,
     },
+    #[error("checking the derived bundle: {0}")]
+    Check(Box<dyn std::error::Error + Send + Sync>),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -227,6 +230,20 @@ impl Bundle {
     fn check_consistency(&self) -> Result<(), BundleError> {
         let m = &self.manifest;
         let inconsistent = |msg: String| Err(BundleError::Inconsistent(msg));
+        // Every name is a plain file inside the bundle: a manifest must not
+        // reach outside it (`../x`, `/x`) when it is verified or derived.
+        for f in m.files.keys() {
+            let mut parts = Path::new(f).components();
+            let plain = matches!(
+                (parts.next(), parts.next()),
+                (Some(std::path::Component::Normal(_)), None)
+            );
+            if !plain || f == MANIFEST {
+                return inconsistent(format!(
+                    "\"files\" names {f:?}: not a plain file name inside the bundle"
+                ));
+            }
+        }
         for f in [
             &m.vision.file,
             &m.qformer.file,

@@ -25,6 +25,9 @@ pub enum PipelineError {
     QFormer(#[from] QFormerError),
     #[error(transparent)]
     Llm(#[from] LlmError),
+    /// `blipd quantize`: a derived graph strays from its f32 source.
+    #[error("the derived graphs disagree with the f32 ones ({0}); the bundle was not written")]
+    Disagreement(String),
 }
 
 impl PipelineError {

@@ -16,7 +16,8 @@
 //! with `W_q = clip(round_half_even(W / s), -128, 127)`, `s = max|W| / 127`
 //! (symmetric, zero point 0), computed in the same float widths as
 //! onnxruntime 1.31 so the int8 weights and scales are the same bytes
-//! (tests/quantize_graph.rs holds them to a graph onnxruntime wrote). The
+//! (models/tests/test_quantize_graph.py holds them to the graphs onnxruntime
+//! writes). The
 //! tensor names follow onnxruntime's (`W_quantized`, `W_scale`,
 //! `x_QuantizeLinear`), so the two graphs can be compared name by name.
 //!
@@ -29,23 +30,19 @@
 //! (IR 10 `metadata_props`, PyTorch's source locations) and zero-valued
 //! attribute fields, which ONNX reads as the same 0.
 
+mod store;
+
 use prost::Message;
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+use store::{is_external, DataFile, Reader};
 use tract_onnx::pb::{
-    attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType,
-    AttributeProto, NodeProto, StringStringEntryProto, TensorProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto, TensorProto,
 };
 
 /// What the tool is, as the manifest's `derived_from.tool` records it.
 pub const TOOL: &str =
     "blipd quantize (dynamic int8 MatMul, int8 weights per tensor, as onnxruntime quantize_dynamic)";
-
-/// Tensors at least this large go to the external data file (onnx's own
-/// default threshold when it saves with external data).
-const EXTERNAL_THRESHOLD: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Int8Error {
@@ -65,6 +62,10 @@ pub enum Int8Error {
     },
     #[error("{path}: no MatMul with a constant f32 weight to quantize (already int8?)")]
     NothingToQuantize { path: PathBuf },
+    #[error("{path}: {message}")]
+    Unsupported { path: PathBuf, message: String },
+    #[error("{path}: the int8 graph would need the name {name}, which the graph already uses")]
+    NameClash { path: PathBuf, name: String },
 }
 
 /// What [`quantize_graph`] did.
@@ -122,7 +123,48 @@ pub fn quantize_graph(src: &Path, dst: &Path) -> Result<Int8Summary, Int8Error> 
             message: "no graph".into(),
         });
     };
+    let unsupported = |message: String| Int8Error::Unsupported {
+        path: src.to_path_buf(),
+        message,
+    };
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(0, |o| o.version);
+    if opset < 11 {
+        return Err(unsupported(format!(
+            "opset {opset}: DynamicQuantizeLinear needs 11 or later; re-export"
+        )));
+    }
     let src_dir = src.parent().unwrap_or(Path::new(".")).to_path_buf();
+    if dst.parent().and_then(|d| d.canonicalize().ok()) == src_dir.canonicalize().ok() {
+        return Err(unsupported(
+            "the int8 graph must be written to another folder (its data file would replace the source's)".into(),
+        ));
+    }
+    // Tensors this rewrite would not move to the new data file, or names it
+    // would not see: refused rather than written wrong.
+    if !graph.sparse_initializer.is_empty() {
+        return Err(unsupported("sparse initializers are not supported".into()));
+    }
+    for node in &graph.node {
+        for a in &node.attribute {
+            if a.g.is_some() || !a.graphs.is_empty() {
+                return Err(unsupported(format!(
+                    "node {} ({}) has a subgraph; subgraphs are not supported",
+                    node.name, node.op_type
+                )));
+            }
+            if a.t.iter().chain(&a.tensors).any(is_external) {
+                return Err(unsupported(format!(
+                    "node {} keeps an attribute tensor in external data; not supported",
+                    node.name
+                )));
+            }
+        }
+    }
+    let mut names = Names::of(graph, src);
     let data_name = format!(
         "{}.data",
         dst.file_name()
@@ -133,19 +175,26 @@ pub fn quantize_graph(src: &Path, dst: &Path) -> Result<Int8Summary, Int8Error> 
     let mut data = DataFile::create(&data_path, data_name)?;
     let mut reader = Reader::new(src_dir, src.to_path_buf());
 
+    // A weight that is also a graph input may be fed at run time: not a constant.
+    let inputs: HashSet<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
     let initializers: HashMap<String, usize> = graph
         .initializer
         .iter()
         .enumerate()
+        .filter(|(_, t)| !inputs.contains(t.name.as_str()))
         .map(|(i, t)| (t.name.clone(), i))
         .collect();
+    drop(inputs);
     let mut summary = Int8Summary::default();
     let mut quantized_inputs: HashSet<String> = HashSet::new();
     let mut quantized_weights: HashSet<String> = HashSet::new();
     let mut new_initializers = Vec::new();
     let mut nodes = Vec::with_capacity(graph.node.len() * 2);
     for node in std::mem::take(&mut graph.node) {
-        let weight = (node.op_type == "MatMul" && node.domain.is_empty() && node.input.len() == 2)
+        let weight = (node.op_type == "MatMul"
+            && node.domain.is_empty()
+            && node.input.len() == 2
+            && node.output.len() == 1)
             .then(|| initializers.get(&node.input[1]).copied())
             .flatten()
             .filter(|&i| graph.initializer[i].data_type == DataType::Float as i32);
@@ -158,15 +207,21 @@ pub fn quantize_graph(src: &Path, dst: &Path) -> Result<Int8Summary, Int8Error> 
         };
         let (x, w, y) = (&node.input[0], &node.input[1], &node.output[0]);
         if quantized_inputs.insert(x.clone()) {
+            for n in [q_name(x), scale_name(x), zp_name(x)] {
+                names.value(&n)?;
+            }
             nodes.push(NodeProto {
                 input: vec![x.clone()],
                 output: vec![q_name(x), scale_name(x), zp_name(x)],
-                name: format!("{x}_QuantizeLinear"),
+                name: names.node(format!("{x}_QuantizeLinear"))?,
                 op_type: "DynamicQuantizeLinear".into(),
                 ..Default::default()
             });
         }
         if quantized_weights.insert(w.clone()) {
+            for n in [q_name(w), scale_name(w), zp_name(w)] {
+                names.value(&n)?;
+            }
             let t = &graph.initializer[wi];
             let values = reader.f32_values(t)?;
             let (scale, q) = quantize_weight(&values);
@@ -210,17 +265,20 @@ pub fn quantize_graph(src: &Path, dst: &Path) -> Result<Int8Summary, Int8Error> 
             format!("{base}_scales_mul")
         };
         let scales_out = format!("{scales}:0");
+        for n in [&int_out, &cast_out, &scales_out] {
+            names.value(n)?;
+        }
         nodes.push(NodeProto {
             input: vec![q_name(x), q_name(w), zp_name(x), zp_name(w)],
             output: vec![int_out.clone()],
-            name: base.clone(),
+            name: names.node(base.clone())?,
             op_type: "MatMulInteger".into(),
             ..Default::default()
         });
         nodes.push(NodeProto {
             input: vec![int_out.clone()],
             output: vec![cast_out.clone()],
-            name: format!("{int_out}_cast"),
+            name: names.node(format!("{int_out}_cast"))?,
             op_type: "Cast".into(),
             attribute: vec![AttributeProto {
                 name: "to".into(),
@@ -233,25 +291,23 @@ pub fn quantize_graph(src: &Path, dst: &Path) -> Result<Int8Summary, Int8Error> 
         nodes.push(NodeProto {
             input: vec![scale_name(x), scale_name(w)],
             output: vec![scales_out.clone()],
-            name: scales,
+            name: names.node(scales)?,
             op_type: "Mul".into(),
             ..Default::default()
         });
         nodes.push(NodeProto {
             input: vec![cast_out, scales_out],
             output: vec![y.clone()],
-            name: if base.is_empty() {
+            name: names.node(if base.is_empty() {
                 String::new()
             } else {
                 format!("{base}_output_scale_mul")
-            },
+            })?,
             op_type: "Mul".into(),
             ..Default::default()
         });
     }
     if summary.matmuls == 0 {
-        drop(data);
-        let _ = std::fs::remove_file(&data_path);
         return Err(Int8Error::NothingToQuantize {
             path: src.to_path_buf(),
         });
@@ -295,6 +351,54 @@ pub fn quantize_graph(src: &Path, dst: &Path) -> Result<Int8Summary, Int8Error> 
     Ok(summary)
 }
 
+/// The graph's value and node names, and the ones this rewrite adds: a new
+/// name must be new (ONNX graphs assign each value once).
+struct Names {
+    path: PathBuf,
+    values: HashSet<String>,
+    nodes: HashSet<String>,
+}
+
+impl Names {
+    fn of(g: &tract_onnx::pb::GraphProto, path: &Path) -> Self {
+        let values = (g.input.iter().map(|i| &i.name))
+            .chain(g.initializer.iter().map(|t| &t.name))
+            .chain(g.node.iter().flat_map(|n| &n.output))
+            .cloned()
+            .collect();
+        let nodes = g.node.iter().map(|n| n.name.clone()).collect();
+        Self {
+            path: path.to_path_buf(),
+            values,
+            nodes,
+        }
+    }
+
+    fn clash(&self, name: &str) -> Int8Error {
+        Int8Error::NameClash {
+            path: self.path.clone(),
+            name: name.into(),
+        }
+    }
+
+    fn value(&mut self, name: &str) -> Result<(), Int8Error> {
+        if self.values.insert(name.to_string()) {
+            Ok(())
+        } else {
+            Err(self.clash(name))
+        }
+    }
+
+    /// Node names are optional in ONNX: an empty one may repeat.
+    fn node(&mut self, name: String) -> Result<String, Int8Error> {
+        if name.is_empty() || self.nodes.insert(name.clone()) {
+            Ok(name)
+        } else {
+            Err(self.clash(&name))
+        }
+    }
+}
+
 fn q_name(t: &str) -> String {
     format!("{t}_quantized")
 }
@@ -305,192 +409,48 @@ fn zp_name(t: &str) -> String {
     format!("{t}_zero_point")
 }
 
-fn is_external(t: &TensorProto) -> bool {
-    t.data_location == Some(DataLocation::External as i32)
-}
-
-fn entry<'a>(t: &'a TensorProto, key: &str) -> Option<&'a str> {
-    t.external_data
-        .iter()
-        .find(|e| e.key == key)
-        .map(|e| e.value.as_str())
-}
-
-/// Reads tensor data from the source graph and its external files, which
-/// must lie inside the graph's folder (as tract requires too).
-struct Reader {
-    dir: PathBuf,
-    graph: PathBuf,
-    open: Option<(PathBuf, File)>,
-}
-
-impl Reader {
-    fn new(dir: PathBuf, graph: PathBuf) -> Self {
-        Self {
-            dir,
-            graph,
-            open: None,
-        }
-    }
-
-    fn bad(&self, t: &TensorProto, message: impl Into<String>) -> Int8Error {
-        Int8Error::Tensor {
-            path: self.graph.clone(),
-            tensor: t.name.clone(),
-            message: message.into(),
-        }
-    }
-
-    fn elements(&self, t: &TensorProto) -> Result<usize, Int8Error> {
-        t.dims.iter().try_fold(1usize, |n, &d| {
-            usize::try_from(d)
-                .ok()
-                .and_then(|d| n.checked_mul(d))
-                .ok_or_else(|| self.bad(t, format!("bad dims {:?}", t.dims)))
-        })
-    }
-
-    /// The f32 values of a FLOAT tensor, wherever they are stored.
-    fn f32_values(&mut self, t: &TensorProto) -> Result<Vec<f32>, Int8Error> {
-        let n = self.elements(t)?;
-        if !t.float_data.is_empty() {
-            if t.float_data.len() != n {
-                return Err(self.bad(t, "float_data does not match its dims"));
-            }
-            return Ok(t.float_data.clone());
-        }
-        let raw = self.raw(t)?;
-        if raw.len() != n * 4 {
-            return Err(self.bad(t, format!("{} bytes of data for {n} f32 values", raw.len())));
-        }
-        Ok(raw
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
-    }
-
-    /// The raw bytes of a tensor stored as `raw_data` or externally.
-    fn raw(&mut self, t: &TensorProto) -> Result<Vec<u8>, Int8Error> {
-        if !is_external(t) {
-            return Ok(t.raw_data.clone());
-        }
-        let location = entry(t, "location").ok_or_else(|| self.bad(t, "no location"))?;
-        let rel = Path::new(location);
-        if !rel
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(self.bad(
-                t,
-                format!("external data {location:?} is not inside the graph's folder"),
-            ));
-        }
-        let number = |key: &str| -> Result<Option<u64>, Int8Error> {
-            entry(t, key)
-                .map(|v| {
-                    v.parse::<u64>()
-                        .map_err(|_| self.bad(t, format!("bad {key} {v:?}")))
-                })
-                .transpose()
-        };
-        let offset = number("offset")?.unwrap_or(0);
-        let length = number("length")?;
-        let path = self.dir.join(rel);
-        let io = |source| Int8Error::Io {
-            path: path.clone(),
-            source,
-        };
-        // Consecutive weights mostly share one data file: keep it open.
-        let f = match &mut self.open {
-            Some((p, f)) if *p == path => f,
-            slot => {
-                &mut slot
-                    .insert((path.clone(), File::open(&path).map_err(io)?))
-                    .1
-            }
-        };
-        let size = f.metadata().map_err(io)?.len();
-        let length = length.unwrap_or(size.saturating_sub(offset));
-        if offset.checked_add(length).is_none_or(|end| end > size) {
-            return Err(self.bad(
-                t,
-                format!("bytes {offset}+{length} lie past the end of {location} ({size} bytes)"),
-            ));
-        }
-        f.seek(SeekFrom::Start(offset)).map_err(io)?;
-        let mut buf = vec![0u8; length as usize];
-        f.read_exact(&mut buf).map_err(io)?;
-        Ok(buf)
-    }
-}
-
-/// The new graph's external data file, written in order.
-struct DataFile {
-    path: PathBuf,
-    name: String,
-    out: BufWriter<File>,
-    offset: u64,
-}
-
-impl DataFile {
-    fn create(path: &Path, name: String) -> Result<Self, Int8Error> {
-        let f = File::create(path).map_err(|source| Int8Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            name,
-            out: BufWriter::with_capacity(1 << 20, f),
-            offset: 0,
-        })
-    }
-
-    /// Stores `raw` as `t`'s data: inline when small, else appended here.
-    fn store(&mut self, t: &mut TensorProto, raw: Vec<u8>) -> Result<(), Int8Error> {
-        if raw.len() < EXTERNAL_THRESHOLD {
-            t.raw_data = raw;
-            return Ok(());
-        }
-        // Each tensor starts on a 4 KiB boundary (ONNX's external data
-        // format allows the gap): a reader may map it page-aligned.
-        let pad = (4096 - self.offset % 4096) % 4096;
-        let io = |source| Int8Error::Io {
-            path: self.path.clone(),
-            source,
-        };
-        self.out.write_all(&vec![0u8; pad as usize]).map_err(io)?;
-        self.offset += pad;
-        self.out.write_all(&raw).map_err(io)?;
-        let kv = |k: &str, v: String| StringStringEntryProto {
-            key: k.into(),
-            value: v,
-        };
-        t.raw_data.clear();
-        t.data_location = Some(DataLocation::External as i32);
-        t.external_data = vec![
-            kv("location", self.name.clone()),
-            kv("offset", self.offset.to_string()),
-            kv("length", raw.len().to_string()),
-        ];
-        self.offset += raw.len() as u64;
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<(), Int8Error> {
-        let io = |source| Int8Error::Io {
-            path: self.path.clone(),
-            source,
-        };
-        self.out.flush().map_err(io)?;
-        self.out.get_ref().sync_all().map_err(io)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::pb::{GraphProto, ModelProto};
+    use tract_onnx::pb::tensor_proto::DataLocation;
+    use tract_onnx::pb::{
+        GraphProto, ModelProto, OperatorSetIdProto, StringStringEntryProto, ValueInfoProto,
+    };
+
+    fn model(graph: GraphProto, opset: i64) -> ModelProto {
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: opset,
+            }],
+            graph: Some(graph),
+            ..Default::default()
+        }
+    }
+
+    fn matmul(name: &str, x: &str, w: &str, y: &str) -> NodeProto {
+        NodeProto {
+            input: vec![x.into(), w.into()],
+            output: vec![y.into()],
+            name: name.into(),
+            op_type: "MatMul".into(),
+            ..Default::default()
+        }
+    }
+
+    /// A 16x16 f32 weight `name`, stored inline.
+    fn weight(name: &str) -> TensorProto {
+        TensorProto {
+            dims: vec![16, 16],
+            data_type: DataType::Float as i32,
+            name: name.into(),
+            raw_data: (0..256)
+                .flat_map(|i| (i as f32 / 64.0 - 2.0).to_le_bytes())
+                .collect(),
+            ..Default::default()
+        }
+    }
 
     #[test]
     fn scale_and_values_follow_onnxruntime() {
@@ -527,21 +487,14 @@ mod tests {
             ],
             ..Default::default()
         };
-        let model = ModelProto {
-            ir_version: 8,
-            graph: Some(GraphProto {
-                node: vec![NodeProto {
-                    input: vec!["x".into(), "W".into()],
-                    output: vec!["y".into()],
-                    name: "mm".into(),
-                    op_type: "MatMul".into(),
-                    ..Default::default()
-                }],
+        let model = model(
+            GraphProto {
+                node: vec![matmul("mm", "x", "W", "y")],
                 initializer: vec![w],
                 ..Default::default()
-            }),
-            ..Default::default()
-        };
+            },
+            18,
+        );
         let path = dir.join("g.onnx");
         std::fs::write(&path, model.encode_to_vec()).unwrap();
         path
@@ -581,15 +534,147 @@ mod tests {
         assert_eq!((s.f32_bytes, s.int8_bytes), (1024, 256));
     }
 
+    /// Decodes a rewritten graph.
+    fn read(path: &Path) -> GraphProto {
+        let m = ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+        m.graph.unwrap()
+    }
+
     #[test]
-    fn a_graph_without_constant_matmul_weights_is_named() {
+    fn matmuls_become_onnxruntimes_int8_nodes_and_unused_weights_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, out) = (dir.path().join("g.onnx"), dir.path().join("out"));
+        std::fs::create_dir(&out).unwrap();
+        // y1 = x @ W (W used once: dropped), y2 = x @ V and z = V + 1... V
+        // feeds an Add too, so its f32 copy stays.
+        let g = GraphProto {
+            node: vec![
+                matmul("a", "x", "W", "y1"),
+                matmul("b", "x", "V", "y2"),
+                NodeProto {
+                    input: vec!["V".into(), "y2".into()],
+                    output: vec!["z".into()],
+                    name: "add".into(),
+                    op_type: "Add".into(),
+                    ..Default::default()
+                },
+                matmul("c", "y1", "z", "k"),
+            ],
+            initializer: vec![weight("W"), weight("V")],
+            ..Default::default()
+        };
+        std::fs::write(&src, model(g, 18).encode_to_vec()).unwrap();
+        let s = quantize_graph(&src, &out.join("g.onnx")).unwrap();
+        assert_eq!((s.matmuls, s.weights, s.kept), (2, 2, 1));
+        let g = read(&out.join("g.onnx"));
+        let ops: Vec<_> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(
+            ops,
+            [
+                "DynamicQuantizeLinear", // x, once for both MatMuls
+                "MatMulInteger",
+                "Cast",
+                "Mul",
+                "Mul",
+                "MatMulInteger",
+                "Cast",
+                "Mul",
+                "Mul",
+                "Add",
+                "MatMul"
+            ]
+        );
+        assert_eq!(
+            g.node[1].input,
+            ["x_quantized", "W_quantized", "x_zero_point", "W_zero_point"]
+        );
+        assert_eq!(g.node[4].output, ["y1"]);
+        let names: Vec<_> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+        assert!(!names.contains(&"W") && names.contains(&"V"), "{names:?}");
+        let t = |n: &str| g.initializer.iter().find(|t| t.name == n).unwrap();
+        // max |w| = 2.0 -> scale 2/127; 256 int8 bytes stay inline (< 1 KiB).
+        assert_eq!(t("W_scale").float_data, [(4.0f64 / 254.0) as f32]);
+        assert_eq!(t("W_zero_point").int32_data, [0]);
+        assert_eq!(t("W_quantized").data_type, DataType::Int8 as i32);
+        assert_eq!(t("W_quantized").raw_data.len(), 256);
+        assert_eq!(t("W_quantized").raw_data[0] as i8, -127);
+        assert!(!is_external(t("W_quantized")));
+    }
+
+    #[test]
+    fn what_the_rewrite_cannot_do_right_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, out) = (dir.path().join("g.onnx"), dir.path().join("out"));
+        std::fs::create_dir(&out).unwrap();
+        let dst = out.join("g.onnx");
+        let refuse = |g: GraphProto, opset: i64, says: &str| {
+            std::fs::write(&src, model(g, opset).encode_to_vec()).unwrap();
+            let e = quantize_graph(&src, &dst).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+            assert!(!out.join("g.onnx.data").exists(), "data file left behind");
+        };
+        let plain = GraphProto {
+            node: vec![matmul("a", "x", "W", "y")],
+            initializer: vec![weight("W")],
+            ..Default::default()
+        };
+        refuse(plain.clone(), 10, "opset 10");
+        // No constant weight; a weight that is also a graph input.
+        refuse(
+            GraphProto {
+                node: vec![matmul("a", "x", "y", "z")],
+                ..Default::default()
+            },
+            18,
+            "no MatMul with a constant f32 weight",
+        );
+        let mut fed = plain.clone();
+        fed.input.push(ValueInfoProto {
+            name: "W".into(),
+            ..Default::default()
+        });
+        refuse(fed, 18, "no MatMul with a constant f32 weight");
+        // A name the rewrite needs is taken.
+        let mut taken = plain.clone();
+        taken.node.push(NodeProto {
+            input: vec!["y".into()],
+            output: vec!["x_scale".into()],
+            name: "relu".into(),
+            op_type: "Relu".into(),
+            ..Default::default()
+        });
+        refuse(taken, 18, "the name x_scale");
+        // Subgraphs are not looked into.
+        let mut sub = plain.clone();
+        sub.node.push(NodeProto {
+            op_type: "If".into(),
+            name: "branch".into(),
+            attribute: vec![AttributeProto {
+                name: "then_branch".into(),
+                g: Some(GraphProto::default()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        refuse(sub, 18, "subgraphs are not supported");
+        // The source's own folder: its data file would be replaced.
+        std::fs::write(&src, model(plain, 18).encode_to_vec()).unwrap();
+        let e = quantize_graph(&src, &dir.path().join("int8.onnx")).unwrap_err();
+        assert!(e.to_string().contains("another folder"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_graph_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("g.onnx");
+        let dst = dir.path().join("out.onnx");
+        std::fs::create_dir(&dst).unwrap();
+        let dst = dst.join("g.onnx");
         std::fs::write(&src, ModelProto::default().encode_to_vec()).unwrap();
-        let e = quantize_graph(&src, &dir.path().join("o.onnx")).unwrap_err();
+        let e = quantize_graph(&src, &dst).unwrap_err();
         assert!(e.to_string().contains("no graph"), "{e}");
         std::fs::write(&src, b"not a protobuf at all \xff\xff").unwrap();
-        let e = quantize_graph(&src, &dir.path().join("o.onnx")).unwrap_err();
+        let e = quantize_graph(&src, &dst).unwrap_err();
         assert!(matches!(e, Int8Error::Decode { .. }), "{e}");
     }
 }
