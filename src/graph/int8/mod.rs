@@ -506,11 +506,13 @@ mod tests {
         let dir = root.path().join("graph");
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(root.path().join("outside.bin"), vec![0u8; 1024]).unwrap();
+        std::os::unix::fs::symlink("../outside.bin", dir.join("link.bin")).unwrap();
         std::fs::write(dir.join("g.onnx.data"), vec![0u8; 1024]).unwrap();
         let out = root.path().join("out.onnx");
         for (location, offset, length, says) in [
             ("../outside.bin", 0, 1024, "not inside the graph's folder"),
             ("/etc/passwd", 0, 1024, "not inside the graph's folder"),
+            ("link.bin", 0, 1024, "leads outside the graph's folder"),
             ("g.onnx.data", 512, 1024, "past the end"),
             ("g.onnx.data", u64::MAX, 2, "past the end"),
             (

@@ -107,6 +107,17 @@ impl Reader {
             path: path.clone(),
             source,
         };
+        // As tract does: a symlink inside the folder must not lead out of it.
+        let inside = match (path.canonicalize(), self.dir.canonicalize()) {
+            (Ok(p), Ok(d)) => p.starts_with(d),
+            (Err(e), _) | (_, Err(e)) => return Err(io(e)),
+        };
+        if !inside {
+            return Err(self.bad(
+                t,
+                format!("external data {location:?} leads outside the graph's folder"),
+            ));
+        }
         // Consecutive weights mostly share one data file: keep it open.
         let f = match &mut self.open {
             Some((p, f)) if *p == path => f,
