@@ -8,8 +8,9 @@
 //!   question type (the accuracy itself is the model's, see docs/DEMO.md);
 //! - on the golden subset, its Q-Former output and greedy tokens are the
 //!   reference's;
-//! - the Q8_0 and Q4_K_M quantized bundles (made by `blipd quantize`) are
-//!   scored the same way, beside the f32 one, and stay close to it;
+//! - the Q8_0, Q4_K_M, Q5_K_M, Q4_0 and IQ4_NL quantized bundles (made by
+//!   `blipd quantize`) are scored the same way, beside the f32 one, and stay
+//!   close to it (3 points for 8 and 5 bits, 6 for 4);
 //! - so are the bundles with derived vision and Q-Former precision (int8
 //!   vision and f16 vision by models/vision_precision.py, in the project's
 //!   .venv; int8 vision + int8 Q-Former by `blipd quantize --vision int8
@@ -253,6 +254,13 @@ fn demo_bundle_answers_held_out_scenes_like_the_reference() {
     quantize("q4_k_m", &q4);
     let q8_scores = score(&q8, &g, false);
     let q4_scores = score(&q4, &g, false);
+    // The other LLM types docs/PERFORMANCE.md times per board.
+    let mut llm_types = Vec::new();
+    for (kind, bound) in [("q5_k_m", 3.0), ("q4_0", 6.0), ("iq4_nl", 6.0)] {
+        let bundle = dir.path().join(format!("demo-{kind}"));
+        quantize(kind, &bundle);
+        llm_types.push((kind, bound, score(&bundle, &g, false)));
+    }
     let mut derived = Vec::new();
     for (label, dir_name, args) in [
         ("int8 vision", "demo-v8", &["--vision", "int8"][..]),
@@ -290,6 +298,7 @@ fn demo_bundle_answers_held_out_scenes_like_the_reference() {
         ("q8_0", &q8_scores),
         ("q4_k_m", &q4_scores),
     ];
+    rows.extend(llm_types.iter().map(|(kind, _, scores)| (*kind, scores)));
     rows.extend(derived.iter().map(|(label, scores)| (*label, scores)));
     eprintln!(
         "demo bundle, held-out accuracy ({} questions, {}x{} scenes):\n{}",
@@ -317,6 +326,9 @@ fn demo_bundle_answers_held_out_scenes_like_the_reference() {
         .collect();
     assert_close("q8_0 vs f32", &q8_scores, &f32_pct, 3.0);
     assert_close("q4_k_m vs f32", &q4_scores, &f32_pct, 6.0);
+    for (kind, bound, scores) in &llm_types {
+        assert_close(&format!("{kind} vs f32"), scores, &f32_pct, *bound);
+    }
     for (label, scores) in &derived {
         assert_close(&format!("{label} vs f32"), scores, &f32_pct, 1.0);
     }

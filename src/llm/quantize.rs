@@ -21,6 +21,10 @@ pub const QUANT_TYPES: &[(&str, u32)] = &[
     ("q5_k_s", 16),
     ("q5_k_m", 17),
     ("q6_k", 18),
+    // Non-linear 4-bit, no importance matrix needed; llama.cpp repacks
+    // iq4_nl (not iq4_xs) for AVX2 and ARM dotprod, as it does q4_0.
+    ("iq4_nl", 25),
+    ("iq4_xs", 30),
     ("bf16", 32),
 ];
 
