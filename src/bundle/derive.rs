@@ -112,6 +112,9 @@ impl Bundle {
         }
         let mut partial = Partial(&tmp, false);
         let mut b = self.build_into(&tmp, plan)?;
+        std::fs::File::open(&tmp)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&tmp))?;
         std::fs::rename(&tmp, out).map_err(io(out))?;
         partial.1 = true;
         b.dir = out.to_path_buf();
@@ -204,6 +207,13 @@ impl Bundle {
                 })?
                 .len();
             let sha256 = sha256_file(&path)?;
+            // On disk before the rename: a board may lose power right after.
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| BundleError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
             manifest.files.insert(name, FileEntry { sha256, size });
         }
         let mut b = Bundle {

@@ -325,7 +325,12 @@ impl Bundle {
                 source,
             }
         })?;
-        std::fs::write(&path, text + "\n").map_err(|source| BundleError::Io { path, source })
+        let write = |path: &Path| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(path)?;
+            std::io::Write::write_all(&mut f, (text + "\n").as_bytes())?;
+            f.sync_all()
+        };
+        write(&path).map_err(|source| BundleError::Io { path, source })
     }
 }
 
