@@ -2,31 +2,27 @@
 //! the same graph with the length pinned (the padded tail masked out).
 //!
 //!     cargo run --release --example qformer_buckets -- BUNDLE [--threads 2] [--runs 10] [--len 9] [--bucket 16]
+use blipd::bundle::Bundle;
+use blipd::graph::{Graph, GraphError};
 use std::time::Instant;
 use tract_onnx::prelude::*;
 
-fn load(
-    path: &std::path::Path,
-    pos: usize,
-    hid: usize,
-    len: Option<usize>,
-    threads: usize,
-) -> TractResult<Arc<TypedRunnableModel>> {
-    let mut m = tract_onnx::onnx()
-        .with_ignore_value_info(true)
-        .model_for_path(path)?;
-    m = m.with_input_fact(0, f32::fact([1, pos, hid]).into())?;
-    if let Some(l) = len {
-        m = m.with_input_fact(1, i64::fact([1, l]).into())?;
-        m = m.with_input_fact(2, i64::fact([1, l]).into())?;
-    }
-    let mut m = m.into_optimized()?;
-    blipd::graph::finish(&mut m)?;
-    let options = RunOptions {
-        executor: Some(multithread::Executor::multithread_with_name(threads, "q")),
-        ..Default::default()
-    };
-    m.into_runnable_with_options(&options)
+/// The Q-Former as blipd loads it ([`Graph::load`]), the text length
+/// symbolic or pinned to `len`.
+fn load(b: &Bundle, len: Option<usize>, threads: usize) -> Result<Graph, GraphError> {
+    let m = &b.manifest;
+    let text = len.map(|l| i64::fact([1, l]).into());
+    Graph::load(
+        "qformer",
+        &b.path(&m.qformer.file),
+        &[
+            Some(f32::fact([1, m.vision.num_positions, m.vision.hidden_size]).into()),
+            text.clone(),
+            text,
+        ],
+        &[1, m.qformer.num_query_tokens, m.qformer.output_size],
+        threads,
+    )
 }
 
 fn main() -> TractResult<()> {
@@ -46,7 +42,6 @@ fn main() -> TractResult<()> {
     let b = blipd::bundle::Bundle::open(&dir)?;
     let m = &b.manifest;
     let (pos, hid) = (m.vision.num_positions, m.vision.hidden_size);
-    let path = b.path(&m.qformer.file);
     let feats: Vec<f32> = (0..pos * hid)
         .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)
         .collect();
@@ -73,16 +68,16 @@ fn main() -> TractResult<()> {
         ))
     };
     let t = Instant::now();
-    let sym = load(&path, pos, hid, None, threads)?;
+    let sym = load(&b, None, threads)?;
     eprintln!("symbolic loaded in {:.1} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
-    let fixed = load(&path, pos, hid, Some(bucket), threads)?;
+    let fixed = load(&b, Some(bucket), threads)?;
     eprintln!(
         "pinned to {bucket} loaded in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let a = sym.run(input(len)?)?.remove(0).into_tensor();
-    let c = fixed.run(input(bucket)?)?.remove(0).into_tensor();
+    let a = sym.run(input(len)?)?;
+    let c = fixed.run(input(bucket)?)?;
     let a: Vec<f32> = a.to_plain_array_view::<f32>()?.iter().copied().collect();
     let c: Vec<f32> = c.to_plain_array_view::<f32>()?.iter().copied().collect();
     let md = a

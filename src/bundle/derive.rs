@@ -7,7 +7,7 @@
 //! and renamed to `out` at the end, so an interrupted run leaves no half
 //! bundle behind.
 
-use super::{sha256_file, Bundle, BundleError, FileEntry};
+use super::{sha256_file, Bundle, BundleError, FileEntry, Manifest};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -33,6 +33,28 @@ impl GraphPart {
             GraphPart::QFormer => "qformer",
         }
     }
+
+    /// The part's graph file and precision in `m`.
+    fn spec(self, m: &Manifest) -> (&str, &str) {
+        match self {
+            GraphPart::Vision => (&m.vision.file, &m.vision.precision),
+            GraphPart::QFormer => (&m.qformer.file, &m.qformer.precision),
+        }
+    }
+
+    /// What a derivation records about the part: precision, derived_from.
+    fn record(self, m: &mut Manifest) -> (&mut String, &mut Option<serde_json::Value>) {
+        match self {
+            GraphPart::Vision => (&mut m.vision.precision, &mut m.vision.derived_from),
+            GraphPart::QFormer => (&mut m.qformer.precision, &mut m.qformer.derived_from),
+        }
+    }
+}
+
+/// Maps an I/O error to one that names `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError {
+    let path = path.to_path_buf();
+    move |source| BundleError::Io { path, source }
 }
 
 /// A graph rewritten in another precision. The writer writes the graph file
@@ -77,15 +99,12 @@ impl Bundle {
             return Err(BundleError::Exists(out.to_path_buf()));
         }
         for g in &plan.graphs {
-            let precision = match g.part {
-                GraphPart::Vision => &self.manifest.vision.precision,
-                GraphPart::QFormer => &self.manifest.qformer.precision,
-            };
+            let (_, precision) = g.part.spec(&self.manifest);
             if precision != "f32" {
                 return Err(BundleError::NotF32 {
                     dir: self.dir.clone(),
                     part: g.part.name(),
-                    precision: precision.clone(),
+                    precision: precision.into(),
                 });
             }
         }
@@ -94,10 +113,6 @@ impl Bundle {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "bundle".into());
         let tmp = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| BundleError::Io { path, source }
-        };
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         // Removes the half-built folder on every way out but success, a
@@ -124,10 +139,6 @@ impl Bundle {
     fn build_into(&self, dir: &Path, plan: Derivation) -> Result<Bundle, BundleError> {
         let src = &self.manifest;
         let mut manifest = src.clone();
-        let graph_file = |part: GraphPart| match part {
-            GraphPart::Vision => src.vision.file.clone(),
-            GraphPart::QFormer => src.qformer.file.clone(),
-        };
         let mut replaced = BTreeSet::new();
         if plan.llm.is_some() {
             replaced.insert(src.llm.file.clone());
@@ -139,7 +150,7 @@ impl Bundle {
         }
         let mut graphs = BTreeSet::new();
         for part in [GraphPart::Vision, GraphPart::QFormer] {
-            let files = graph_files(src.files.keys(), &graph_file(part));
+            let files = graph_files(src.files.keys(), part.spec(src).0);
             if plan.graphs.iter().any(|g| g.part == part) {
                 replaced.extend(files);
             } else {
@@ -170,72 +181,44 @@ impl Bundle {
         }
         let mut derived = Vec::new();
         for g in plan.graphs {
-            let file = graph_file(g.part);
-            let to = dir.join(&file);
-            (g.write)(&self.path(&file), &to).map_err(write_err(&to))?;
-            let from = serde_json::json!({
+            let file = g.part.spec(src).0;
+            let to = dir.join(file);
+            (g.write)(&self.path(file), &to).map_err(write_err(&to))?;
+            let (precision, from) = g.part.record(&mut manifest);
+            *precision = g.precision;
+            *from = Some(serde_json::json!({
                 "precision": "f32",
-                "sha256": src.files.get(&file).map(|e| e.sha256.clone()),
+                "sha256": src.files.get(file).map(|e| e.sha256.clone()),
                 "tool": g.tool,
-            });
-            match g.part {
-                GraphPart::Vision => manifest.vision.precision = g.precision,
-                GraphPart::QFormer => manifest.qformer.precision = g.precision,
-            }
-            derived.push((g.part, from));
+            }));
+            derived.push(g.part);
         }
         manifest.files.retain(|name, _| !replaced.contains(name));
-        let entries = std::fs::read_dir(dir).map_err(|source| BundleError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| BundleError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if manifest.files.contains_key(&name) || name == super::MANIFEST {
                 continue;
             }
             let path = entry.path();
-            let size = entry
-                .metadata()
-                .map_err(|source| BundleError::Io {
-                    path: path.clone(),
-                    source,
-                })?
-                .len();
+            let size = entry.metadata().map_err(io(&path))?.len();
             let sha256 = sha256_file(&path)?;
             // On disk before the rename: a board may lose power right after.
             std::fs::File::open(&path)
                 .and_then(|f| f.sync_all())
-                .map_err(|source| BundleError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
+                .map_err(io(&path))?;
             manifest.files.insert(name, FileEntry { sha256, size });
         }
         let mut b = Bundle {
             dir: dir.to_path_buf(),
             manifest,
         };
-        let agreement = match plan.check {
-            Some(check) if !derived.is_empty() => {
-                Some(check(self, &b).map_err(|source| BundleError::Write {
-                    path: dir.to_path_buf(),
-                    source,
-                })?)
-            }
-            _ => None,
-        };
-        for (part, mut from) in derived {
-            if let Some(a) = &agreement {
-                from["agreement"] = a.clone();
-            }
-            match part {
-                GraphPart::Vision => b.manifest.vision.derived_from = Some(from),
-                GraphPart::QFormer => b.manifest.qformer.derived_from = Some(from),
+        if let Some(check) = plan.check.filter(|_| !derived.is_empty()) {
+            let agreement = check(self, &b).map_err(BundleError::Check)?;
+            for part in derived {
+                if let (_, Some(from)) = part.record(&mut b.manifest) {
+                    from["agreement"] = agreement.clone();
+                }
             }
         }
         b.write_manifest()?;
