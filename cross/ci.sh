@@ -3,7 +3,7 @@
 # run every golden case under qemu-aarch64 and require token-identical
 # answers (one thread: see cross/check_goldens.py), then build the arm64
 # .deb and check its contents (and lintian), and that its `blipd quantize
-# --vision int8` writes x86's graphs.
+# --vision int8|f16` writes x86's graphs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh cross
@@ -43,6 +43,15 @@ target/release/blipd quantize --threads 1 "$root/usr/share/blipd/demo" "$root/in
 for f in vision.onnx vision.onnx.data qformer.onnx qformer.onnx.data; do
   cmp "$root/int8-arm/$f" "$root/int8-x86/$f"
 done
-echo "package contents ok (aarch64 int8 graphs = x86's)"
+# The same for `--vision f16` (the f32 -> f16 rounding is half's, in software
+# or the CPU's own conversion instructions: the bytes must not differ), whose
+# agreement check also runs tract's aarch64 f16 kernels.
+qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/blipd" quantize --threads 1 \
+  "$root/usr/share/blipd/demo" "$root/f16-arm" --vision f16 2>&1 | tail -1
+target/release/blipd quantize --threads 1 "$root/usr/share/blipd/demo" "$root/f16-x86" --vision f16 2>/dev/null
+for f in vision.onnx vision.onnx.data; do
+  cmp "$root/f16-arm/$f" "$root/f16-x86/$f"
+done
+echo "package contents ok (aarch64 int8 and f16 graphs = x86's)"
 echo "== lintian (warnings reported, not fatal)"
 lintian --tag-display-limit 0 "$deb" || true

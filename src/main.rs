@@ -211,9 +211,9 @@ struct QuantizeArgs {
     /// LLM type: q4_k_m, q8_0, q5_k_m, q6_k, q4_0, f16, ... (optional with --vision/--qformer).
     #[arg(value_name = "TYPE")]
     kind: Option<String>,
-    /// Bundle only: rewrite the vision graph in int8 (dynamic int8 MatMuls, as
-    /// models/vision_precision.py --vision int8; f16 is made there).
-    #[arg(long, value_name = "int8")]
+    /// Bundle only: rewrite the vision graph in int8 (dynamic int8 MatMuls) or
+    /// f16 (norms and softmax kept f32), as models/vision_precision.py --vision.
+    #[arg(long, value_name = "int8|f16")]
     vision: Option<String>,
     /// Bundle only: rewrite the Q-Former graph in int8.
     #[arg(long, value_name = "int8")]
@@ -544,26 +544,28 @@ fn sampler_params(a: &AskArgs, temperature: f32) -> Result<SamplerParams> {
 fn quantize(q: QuantizeArgs) -> Result<()> {
     use blipd::llm::quantize::{ftype, stderr_progress};
     let llm = q.kind.as_deref().map(ftype).transpose()?;
-    let int8 = |flag: &str, value: &Option<String>| match value.as_deref() {
-        None | Some("f32") => Ok(false),
-        Some("int8") => Ok(true),
-        Some("f16") if flag == "vision" => bail!(
-            "--vision f16 is made on a workstation: models/vision_precision.py SRC OUT --vision f16"
-        ),
+    use blipd::pipeline::derive::GraphPrecision;
+    let precision = |flag: &str, value: &Option<String>| match value.as_deref() {
+        None | Some("f32") => Ok(None),
+        Some("int8") => Ok(Some(GraphPrecision::Int8)),
+        // As models/vision_precision.py: the Q-Former's f16 was not measured.
+        Some("f16") if flag == "vision" => Ok(Some(GraphPrecision::F16)),
+        Some(other) if flag == "vision" => bail!("--vision {other}: int8 or f16"),
         Some(other) => bail!("--{flag} {other}: blipd quantize makes int8"),
     };
-    let (vision, qformer) = (int8("vision", &q.vision)?, int8("qformer", &q.qformer)?);
+    let vision = precision("vision", &q.vision)?;
+    let qformer = precision("qformer", &q.qformer)?;
     let threads = q.threads.unwrap_or(0);
     if q.input.is_dir() {
-        if llm.is_none() && !vision && !qformer {
-            bail!("name what to rewrite: an LLM TYPE, --vision int8 and/or --qformer int8");
+        if llm.is_none() && vision.is_none() && qformer.is_none() {
+            bail!("name what to rewrite: an LLM TYPE, --vision int8|f16 and/or --qformer int8");
         }
         let src = blipd::bundle::Bundle::open(&q.input)?;
         src.verify()?;
         let plan = blipd::pipeline::derive::QuantizePlan {
             llm,
-            vision_int8: vision,
-            qformer_int8: qformer,
+            vision,
+            qformer,
             threads,
             llm_progress: Some(stderr_progress()),
         };
@@ -575,7 +577,7 @@ fn quantize(q: QuantizeArgs) -> Result<()> {
         }
         return Ok(());
     }
-    if vision || qformer {
+    if vision.is_some() || qformer.is_some() {
         bail!(
             "--vision and --qformer rewrite a bundle's graphs; {} is not a bundle directory",
             q.input.display()

@@ -7,8 +7,8 @@
 //! executor is single-threaded and reads no environment variable.
 
 mod fold;
-pub mod int8;
 pub mod quantize;
+pub mod rewrite;
 
 pub use fold::fold_weight_work;
 use std::path::Path;

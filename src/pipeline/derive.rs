@@ -1,8 +1,9 @@
-//! `blipd quantize BUNDLE OUT [TYPE] [--vision int8] [--qformer int8]`: a
+//! `blipd quantize BUNDLE OUT [TYPE] [--vision int8|f16] [--qformer int8]`: a
 //! bundle derived from another on the board itself, no Python needed. The
 //! LLM goes through llama.cpp's quantizer, a graph through
-//! [`crate::graph::int8`] (the graph onnxruntime's `quantize_dynamic` writes,
-//! as `models/vision_precision.py` does on a workstation). Before the new
+//! [`crate::graph::rewrite`] (the graph onnxruntime's `quantize_dynamic` or
+//! float16 converter writes, as `models/vision_precision.py` does on a
+//! workstation). Before the new
 //! bundle is renamed into place, the derived graphs are compared with the
 //! source's in tract on the pictures models/vision_precision.py uses, and
 //! the figures go into the manifest (`derived_from.agreement`).
@@ -12,7 +13,7 @@
 
 use super::PipelineError;
 use crate::bundle::{Bundle, Derivation, GraphPart, GraphRewrite, LlmRewrite, WriteError};
-use crate::graph::int8;
+use crate::graph::rewrite::{f16, int8};
 use crate::preprocess::{decode_rgb, Preprocessor};
 use crate::qformer::QFormer;
 use crate::vision::{ImageFeatures, Vision};
@@ -39,12 +40,31 @@ const PROMPT: &str = "What is in the picture?";
 /// reaches 0.99995 and its Q-Former 0.9997, a broken graph far less.
 const MIN_COSINE: f64 = 0.99;
 
+/// The precision a graph is rewritten to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphPrecision {
+    /// Dynamic int8 MatMuls ([`int8`]).
+    Int8,
+    /// f16 weights and arithmetic, norms and softmax kept f32 ([`f16`]).
+    F16,
+}
+
+impl GraphPrecision {
+    /// The manifest's and the command line's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Int8 => "int8",
+            Self::F16 => "f16",
+        }
+    }
+}
+
 /// What to rewrite.
 pub struct QuantizePlan {
     /// The LLM's new GGUF type: llama.cpp's name and ftype number.
     pub llm: Option<(String, u32)>,
-    pub vision_int8: bool,
-    pub qformer_int8: bool,
+    pub vision: Option<GraphPrecision>,
+    pub qformer: Option<GraphPrecision>,
     /// Threads for llama.cpp's quantizer and tract; 0: all cores.
     pub threads: usize,
     pub llm_progress: Option<crate::llm::quantize::Progress>,
@@ -78,27 +98,48 @@ pub fn quantize_bundle(
         });
     }
     for (part, wanted) in [
-        (GraphPart::Vision, plan.vision_int8),
-        (GraphPart::QFormer, plan.qformer_int8),
+        (GraphPart::Vision, plan.vision),
+        (GraphPart::QFormer, plan.qformer),
     ] {
-        if !wanted {
+        let Some(precision) = wanted else {
             continue;
-        }
+        };
         derivation.graphs.push(GraphRewrite {
             part,
-            precision: "int8".into(),
-            tool: int8::TOOL.into(),
+            precision: precision.name().into(),
+            tool: match precision {
+                GraphPrecision::Int8 => int8::TOOL,
+                GraphPrecision::F16 => f16::TOOL,
+            }
+            .into(),
             write: Box::new(move |from, to| {
-                let s = int8::quantize_graph(from, to)?;
-                tracing::info!(
-                    graph = part.name(),
-                    matmuls = s.matmuls,
-                    weights = s.weights,
-                    kept_f32 = s.kept,
-                    f32_mb = s.f32_bytes / 1_000_000,
-                    int8_mb = s.int8_bytes / 1_000_000,
-                    "graph quantized to int8"
-                );
+                match precision {
+                    GraphPrecision::Int8 => {
+                        let s = int8::quantize_graph(from, to)?;
+                        tracing::info!(
+                            graph = part.name(),
+                            matmuls = s.matmuls,
+                            weights = s.weights,
+                            kept_f32 = s.kept,
+                            f32_mb = s.f32_bytes / 1_000_000,
+                            int8_mb = s.int8_bytes / 1_000_000,
+                            "graph quantized to int8"
+                        );
+                    }
+                    GraphPrecision::F16 => {
+                        let s = f16::f16_graph(from, to)?;
+                        tracing::info!(
+                            graph = part.name(),
+                            tensors = s.tensors,
+                            kept_f32_tensors = s.kept_f32_tensors,
+                            kept_f32_nodes = s.kept_f32_nodes,
+                            casts = s.casts,
+                            f32_mb = s.f32_bytes / 1_000_000,
+                            f16_mb = s.f16_bytes / 1_000_000,
+                            "graph rewritten in f16"
+                        );
+                    }
+                }
                 Ok(())
             }),
         });

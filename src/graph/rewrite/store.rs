@@ -2,7 +2,7 @@
 //! data (inline or in external files, which must lie inside its folder) and
 //! the new graph's one external data file, written in order.
 
-use super::Int8Error;
+use super::RewriteError;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
@@ -40,15 +40,15 @@ impl Reader {
         }
     }
 
-    fn bad(&self, t: &TensorProto, message: impl Into<String>) -> Int8Error {
-        Int8Error::Tensor {
+    fn bad(&self, t: &TensorProto, message: impl Into<String>) -> RewriteError {
+        RewriteError::Tensor {
             path: self.graph.clone(),
             tensor: t.name.clone(),
             message: message.into(),
         }
     }
 
-    fn elements(&self, t: &TensorProto) -> Result<usize, Int8Error> {
+    fn elements(&self, t: &TensorProto) -> Result<usize, RewriteError> {
         t.dims.iter().try_fold(1usize, |n, &d| {
             usize::try_from(d)
                 .ok()
@@ -58,7 +58,7 @@ impl Reader {
     }
 
     /// The f32 values of a FLOAT tensor, wherever they are stored.
-    pub(super) fn f32_values(&mut self, t: &TensorProto) -> Result<Vec<f32>, Int8Error> {
+    pub(super) fn f32_values(&mut self, t: &TensorProto) -> Result<Vec<f32>, RewriteError> {
         let n = self.elements(t)?;
         if !t.float_data.is_empty() {
             if t.float_data.len() != n {
@@ -77,7 +77,7 @@ impl Reader {
     }
 
     /// The raw bytes of a tensor stored as `raw_data` or externally.
-    pub(super) fn raw(&mut self, t: &TensorProto) -> Result<Vec<u8>, Int8Error> {
+    pub(super) fn raw(&mut self, t: &TensorProto) -> Result<Vec<u8>, RewriteError> {
         if !is_external(t) {
             return Ok(t.raw_data.clone());
         }
@@ -92,7 +92,7 @@ impl Reader {
                 format!("external data {location:?} is not inside the graph's folder"),
             ));
         }
-        let number = |key: &str| -> Result<Option<u64>, Int8Error> {
+        let number = |key: &str| -> Result<Option<u64>, RewriteError> {
             entry(t, key)
                 .map(|v| {
                     v.parse::<u64>()
@@ -103,7 +103,7 @@ impl Reader {
         let offset = number("offset")?.unwrap_or(0);
         let length = number("length")?;
         let path = self.dir.join(rel);
-        let io = |source| Int8Error::Io {
+        let io = |source| RewriteError::Io {
             path: path.clone(),
             source,
         };
@@ -161,8 +161,8 @@ impl Drop for DataFile {
 }
 
 impl DataFile {
-    pub(super) fn create(path: &Path, name: String) -> Result<Self, Int8Error> {
-        let f = File::create(path).map_err(|source| Int8Error::Io {
+    pub(super) fn create(path: &Path, name: String) -> Result<Self, RewriteError> {
+        let f = File::create(path).map_err(|source| RewriteError::Io {
             path: path.to_path_buf(),
             source,
         })?;
@@ -176,7 +176,7 @@ impl DataFile {
     }
 
     /// Stores `raw` as `t`'s data: inline when small, else appended here.
-    pub(super) fn store(&mut self, t: &mut TensorProto, raw: Vec<u8>) -> Result<(), Int8Error> {
+    pub(super) fn store(&mut self, t: &mut TensorProto, raw: Vec<u8>) -> Result<(), RewriteError> {
         if raw.len() < EXTERNAL_THRESHOLD {
             t.raw_data = raw;
             return Ok(());
@@ -184,7 +184,7 @@ impl DataFile {
         // Each tensor starts on a 4 KiB boundary (ONNX's external data
         // format allows the gap): a reader may map it page-aligned.
         let pad = (4096 - self.offset % 4096) % 4096;
-        let io = |source| Int8Error::Io {
+        let io = |source| RewriteError::Io {
             path: self.path.clone(),
             source,
         };
@@ -206,8 +206,8 @@ impl DataFile {
         Ok(())
     }
 
-    pub(super) fn finish(mut self) -> Result<(), Int8Error> {
-        let io = |source| Int8Error::Io {
+    pub(super) fn finish(mut self) -> Result<(), RewriteError> {
+        let io = |source| RewriteError::Io {
             path: self.path.clone(),
             source,
         };

@@ -30,12 +30,10 @@
 //! (IR 10 `metadata_props`, PyTorch's source locations) and zero-valued
 //! attribute fields, which ONNX reads as the same 0.
 
-mod store;
-
-use prost::Message;
+use super::store::is_external;
+use super::{Names, RewriteError, Source};
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use store::{is_external, DataFile, Reader};
+use std::path::Path;
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto, TensorProto,
 };
@@ -43,30 +41,6 @@ use tract_onnx::pb::{
 /// What the tool is, as the manifest's `derived_from.tool` records it.
 pub const TOOL: &str =
     "blipd quantize (dynamic int8 MatMul, int8 weights per tensor, as onnxruntime quantize_dynamic)";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Int8Error {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is not an ONNX model: {message}")]
-    Decode { path: PathBuf, message: String },
-    #[error("{path}: tensor {tensor}: {message}")]
-    Tensor {
-        path: PathBuf,
-        tensor: String,
-        message: String,
-    },
-    #[error("{path}: no MatMul with a constant f32 weight to quantize (already int8?)")]
-    NothingToQuantize { path: PathBuf },
-    #[error("{path}: {message}")]
-    Unsupported { path: PathBuf, message: String },
-    #[error("{path}: the int8 graph would need the name {name}, which the graph already uses")]
-    NameClash { path: PathBuf, name: String },
-}
 
 /// What [`quantize_graph`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,75 +80,21 @@ pub fn quantize_weight(w: &[f32]) -> (f32, Vec<i8>) {
 
 /// Writes the int8 form of the ONNX graph `src` to `dst` (and its weights
 /// to `dst` + `.data` beside it).
-pub fn quantize_graph(src: &Path, dst: &Path) -> Result<Int8Summary, Int8Error> {
-    let bytes = std::fs::read(src).map_err(|source| Int8Error::Io {
-        path: src.to_path_buf(),
-        source,
-    })?;
-    let mut model =
-        tract_onnx::pb::ModelProto::decode(bytes.as_slice()).map_err(|e| Int8Error::Decode {
-            path: src.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    drop(bytes);
-    let Some(graph) = model.graph.as_mut() else {
-        return Err(Int8Error::Decode {
-            path: src.to_path_buf(),
-            message: "no graph".into(),
-        });
-    };
-    let unsupported = |message: String| Int8Error::Unsupported {
-        path: src.to_path_buf(),
-        message,
-    };
-    let opset = model
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map_or(0, |o| o.version);
+pub fn quantize_graph(src: &Path, dst: &Path) -> Result<Int8Summary, RewriteError> {
+    let Source {
+        mut model,
+        opset,
+        mut reader,
+        mut data,
+    } = Source::open(src, dst)?;
     if opset < 11 {
-        return Err(unsupported(format!(
-            "opset {opset}: DynamicQuantizeLinear needs 11 or later; re-export"
-        )));
+        return Err(RewriteError::Unsupported {
+            path: src.to_path_buf(),
+            message: format!("opset {opset}: DynamicQuantizeLinear needs 11 or later; re-export"),
+        });
     }
-    let src_dir = src.parent().unwrap_or(Path::new(".")).to_path_buf();
-    if dst.parent().and_then(|d| d.canonicalize().ok()) == src_dir.canonicalize().ok() {
-        return Err(unsupported(
-            "the int8 graph must be written to another folder (its data file would replace the source's)".into(),
-        ));
-    }
-    // Tensors this rewrite would not move to the new data file, or names it
-    // would not see: refused rather than written wrong.
-    if !graph.sparse_initializer.is_empty() {
-        return Err(unsupported("sparse initializers are not supported".into()));
-    }
-    for node in &graph.node {
-        for a in &node.attribute {
-            if a.g.is_some() || !a.graphs.is_empty() {
-                return Err(unsupported(format!(
-                    "node {} ({}) has a subgraph; subgraphs are not supported",
-                    node.name, node.op_type
-                )));
-            }
-            if a.t.iter().chain(&a.tensors).any(is_external) {
-                return Err(unsupported(format!(
-                    "node {} keeps an attribute tensor in external data; not supported",
-                    node.name
-                )));
-            }
-        }
-    }
+    let graph = super::graph_mut(&mut model, src)?;
     let mut names = Names::of(graph, src);
-    let data_name = format!(
-        "{}.data",
-        dst.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "graph.onnx".into())
-    );
-    let data_path = dst.with_file_name(&data_name);
-    let mut data = DataFile::create(&data_path, data_name)?;
-    let mut reader = Reader::new(src_dir, src.to_path_buf());
-
     // A weight that is also a graph input may be fed at run time: not a constant.
     let inputs: HashSet<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
     let initializers: HashMap<String, usize> = graph
@@ -308,8 +228,9 @@ pub fn quantize_graph(src: &Path, dst: &Path) -> Result<Int8Summary, Int8Error> 
         });
     }
     if summary.matmuls == 0 {
-        return Err(Int8Error::NothingToQuantize {
+        return Err(RewriteError::NothingToRewrite {
             path: src.to_path_buf(),
+            what: "no MatMul with a constant f32 weight to quantize (already int8?)",
         });
     }
     graph.node = nodes;
@@ -339,64 +260,8 @@ pub fn quantize_graph(src: &Path, dst: &Path) -> Result<Int8Summary, Int8Error> 
     drop(used);
     kept.extend(new_initializers);
     graph.initializer = kept;
-    data.finish()?;
-
-    model.producer_name = "blipd quantize".into();
-    model.producer_version = env!("CARGO_PKG_VERSION").into();
-    let io = |source| Int8Error::Io {
-        path: dst.to_path_buf(),
-        source,
-    };
-    std::fs::write(dst, model.encode_to_vec()).map_err(io)?;
+    super::write(model, dst, data)?;
     Ok(summary)
-}
-
-/// The graph's value and node names, and the ones this rewrite adds: a new
-/// name must be new (ONNX graphs assign each value once).
-struct Names {
-    path: PathBuf,
-    values: HashSet<String>,
-    nodes: HashSet<String>,
-}
-
-impl Names {
-    fn of(g: &tract_onnx::pb::GraphProto, path: &Path) -> Self {
-        let values = (g.input.iter().map(|i| &i.name))
-            .chain(g.initializer.iter().map(|t| &t.name))
-            .chain(g.node.iter().flat_map(|n| &n.output))
-            .cloned()
-            .collect();
-        let nodes = g.node.iter().map(|n| n.name.clone()).collect();
-        Self {
-            path: path.to_path_buf(),
-            values,
-            nodes,
-        }
-    }
-
-    fn clash(&self, name: &str) -> Int8Error {
-        Int8Error::NameClash {
-            path: self.path.clone(),
-            name: name.into(),
-        }
-    }
-
-    fn value(&mut self, name: &str) -> Result<(), Int8Error> {
-        if self.values.insert(name.to_string()) {
-            Ok(())
-        } else {
-            Err(self.clash(name))
-        }
-    }
-
-    /// Node names are optional in ONNX: an empty one may repeat.
-    fn node(&mut self, name: String) -> Result<String, Int8Error> {
-        if name.is_empty() || self.nodes.insert(name.clone()) {
-            Ok(name)
-        } else {
-            Err(self.clash(&name))
-        }
-    }
 }
 
 fn q_name(t: &str) -> String {
@@ -412,6 +277,8 @@ fn zp_name(t: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
+    use std::path::PathBuf;
     use tract_onnx::pb::tensor_proto::DataLocation;
     use tract_onnx::pb::{
         GraphProto, ModelProto, OperatorSetIdProto, StringStringEntryProto, ValueInfoProto,
@@ -677,6 +544,6 @@ mod tests {
         assert!(e.to_string().contains("no graph"), "{e}");
         std::fs::write(&src, b"not a protobuf at all \xff\xff").unwrap();
         let e = quantize_graph(&src, &dst).unwrap_err();
-        assert!(matches!(e, Int8Error::Decode { .. }), "{e}");
+        assert!(matches!(e, RewriteError::Decode { .. }), "{e}");
     }
 }
