@@ -7,7 +7,8 @@
 //! Loads the graph the way `blipd` does (tract-onnx, optimize, a multithread
 //! executor), runs it once to warm up, then `--runs` times with a timer
 //! around every node, and prints the time per op kind (median run) and the
-//! ten slowest nodes, with each node's optimized op description. `--f16`
+//! ten slowest nodes, with each node's optimized op description, and the
+//! matmuls grouped by kernel (time, multiply-adds, rate). `--f16`
 //! applies tract's `f32_to_f16` transform before optimizing, `--block-quant`
 //! its `block_quant` (the constant matmul weights in Q4_0). `--text N`
 //! profiles a Q-Former: its input 0 is the image features (`--input
@@ -142,6 +143,43 @@ fn main() -> TractResult<()> {
             d.as_secs_f64() * 1e3,
             100.0 * d.as_secs_f64() / total.as_secs_f64(),
             n
+        );
+    }
+    // The matmuls by kernel: how much work each did and at what rate
+    // (multiply-adds = output elements x k, from the op's own description).
+    let mut by_kernel: BTreeMap<String, (Duration, usize, f64)> = BTreeMap::new();
+    for n in nodes.iter().filter(|n| n.op().name() == "OptMatMul") {
+        let info = n.op().info().unwrap_or_default().join("; ");
+        let field = |key: &str| {
+            info.split(key)
+                .nth(1)
+                .map(|s| s.split([' ', ';']).next().unwrap_or(""))
+        };
+        let kernel = info
+            .split("with [")
+            .nth(1)
+            .and_then(|s| s.split(']').next())
+            .unwrap_or("?")
+            .to_string();
+        let outputs: f64 = field("c_shape:")
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|d| d.parse::<f64>().ok())
+            .product();
+        let k: f64 = field(" k:").and_then(|k| k.parse().ok()).unwrap_or(0.0);
+        let e = by_kernel.entry(kernel).or_default();
+        e.0 += times[n.id];
+        e.1 += 1;
+        e.2 += outputs * k;
+    }
+    println!("matmuls by kernel:");
+    for (kernel, (d, n, macs)) in &by_kernel {
+        println!(
+            "{:>9.1} ms {:>5} nodes {:>8.1} GMAC {:>7.1} GMAC/s  {kernel}",
+            d.as_secs_f64() * 1e3,
+            n,
+            macs / 1e9,
+            macs / 1e9 / d.as_secs_f64().max(1e-9)
         );
     }
     let mut slow: Vec<_> = nodes.iter().collect();
