@@ -154,6 +154,20 @@ fn declare(map: &mut HashMap<String, ValueInfoProto>, v: &ValueInfoProto) {
     map.entry(v.name.clone()).or_insert_with(|| v.clone());
 }
 
+/// A new value `name`, declared as `like` is but of type `elem`.
+fn redeclare(
+    names: &mut Names,
+    like: &ValueInfoProto,
+    name: &str,
+    elem: i32,
+) -> Result<ValueInfoProto, RewriteError> {
+    names.value(name)?;
+    let mut d = like.clone();
+    d.name = name.to_string();
+    set_elem_type(&mut d, elem);
+    Ok(d)
+}
+
 fn cast(name: String, input: String, output: String, to: i32) -> NodeProto {
     NodeProto {
         input: vec![input],
@@ -233,10 +247,7 @@ pub fn f16_graph(src: &Path, dst: &Path) -> Result<F16Summary, RewriteError> {
             continue;
         }
         let out = format!("graph_input_cast_{i}");
-        names.value(&out)?;
-        let mut d = v.clone();
-        d.name = out.clone();
-        set_elem_type(&mut d, FLOAT16);
+        let d = redeclare(&mut names, v, &out, FLOAT16)?;
         declare(&mut f16_values, &d);
         new_declarations.push(d);
         head.push(cast(
@@ -252,10 +263,7 @@ pub fn f16_graph(src: &Path, dst: &Path) -> Result<F16Summary, RewriteError> {
             continue;
         }
         let inp = format!("graph_output_cast_{i}");
-        names.value(&inp)?;
-        let mut d = v.clone();
-        d.name = inp.clone();
-        set_elem_type(&mut d, FLOAT16);
+        let d = redeclare(&mut names, v, &inp, FLOAT16)?;
         declare(&mut f16_values, &d);
         new_declarations.push(d);
         tail.push(cast(
@@ -415,11 +423,7 @@ pub fn f16_graph(src: &Path, dst: &Path) -> Result<F16Summary, RewriteError> {
                 continue;
             }
             let out = format!("{input}_cast_to_fp32");
-            names.value(&out)?;
-            let mut decl = d.clone();
-            decl.name = out.clone();
-            set_elem_type(&mut decl, FLOAT);
-            new_declarations.push(decl);
+            new_declarations.push(redeclare(&mut names, d, &out, FLOAT)?);
             nodes.push(cast(
                 names.node(format!("{input}_cast_to_fp32_node"))?,
                 input.clone(),
@@ -436,11 +440,7 @@ pub fn f16_graph(src: &Path, dst: &Path) -> Result<F16Summary, RewriteError> {
                 continue;
             };
             let inner = format!("{output}_cast_to_fp16");
-            names.value(&inner)?;
-            let mut decl = d.clone();
-            decl.name = inner.clone();
-            set_elem_type(&mut decl, FLOAT);
-            new_declarations.push(decl);
+            new_declarations.push(redeclare(&mut names, d, &inner, FLOAT)?);
             after.push(cast(
                 names.node(format!("{output}_cast_to_fp16_node"))?,
                 inner.clone(),
