@@ -565,7 +565,7 @@ fn quantize(q: QuantizeArgs) -> Result<()> {
         let plan = blipd::pipeline::derive::QuantizePlan {
             llm,
             vision,
-            qformer,
+            qformer_int8: qformer.is_some(),
             threads,
             llm_progress: Some(stderr_progress()),
         };

@@ -64,7 +64,9 @@ pub struct QuantizePlan {
     /// The LLM's new GGUF type: llama.cpp's name and ftype number.
     pub llm: Option<(String, u32)>,
     pub vision: Option<GraphPrecision>,
-    pub qformer: Option<GraphPrecision>,
+    /// The Q-Former in int8 (an f16 Q-Former was never measured, as in
+    /// models/vision_precision.py).
+    pub qformer_int8: bool,
     /// Threads for llama.cpp's quantizer and tract; 0: all cores.
     pub threads: usize,
     pub llm_progress: Option<crate::llm::quantize::Progress>,
@@ -99,7 +101,10 @@ pub fn quantize_bundle(
     }
     for (part, wanted) in [
         (GraphPart::Vision, plan.vision),
-        (GraphPart::QFormer, plan.qformer),
+        (
+            GraphPart::QFormer,
+            plan.qformer_int8.then_some(GraphPrecision::Int8),
+        ),
     ] {
         let Some(precision) = wanted else {
             continue;
