@@ -64,7 +64,7 @@ export PKG_CONFIG_ALLOW_CROSS=1
 export BLIPD_ARM_ARCH="$arch"
 # Each CPU profile in its own target dir: the C code is compiled per profile.
 export CARGO_TARGET_DIR="$PWD/target/aarch64-$cpu"
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/cross/qemu"
 
 start=$(date +%s)
 "$cargo" build --release --locked --target "$target" --bin blipd

@@ -5,7 +5,7 @@ bundle (models/demo, on demo scenes drawn by `--scene`), and compares its
 greedy token ids with the ones HF transformers produced
 (tests/fixtures/goldens/*.json).
 
-    cross/check_goldens.py dist/blipd-aarch64-generic [--runner "qemu-aarch64 -L /usr/aarch64-linux-gnu"]
+    cross/check_goldens.py dist/blipd-aarch64-generic [--runner "cross/qemu -cpu cortex-a72"]
 
 Exits 1 if any case differs. Standard library only.
 
@@ -17,12 +17,12 @@ models/vision_precision.py) and only reports how many are token-identical
 (derived bundles are not token-identical by construction); it still fails if
 a case does not run.
 
-Runs with --threads 1: the qemu-user of these machines (7.2, Debian 12) hangs
-in the first pthread_create of any aarch64 program (a five-line C program
-that starts one thread hangs the same way), so the emulated run stays on one
-thread. llama.cpp's and tract's results do not depend on the thread count.
-The cases run side by side instead, one single-threaded process per core
-(`--jobs`, default: the number of cores).
+Runs with --threads 2 and two cases side by side (`--jobs`, default: the
+number of cores), under cross/qemu, which runs threaded aarch64 programs
+(see the comment there for why plain `qemu-aarch64 -L` hung at the first
+thread on these machines). Threads split tract's matmuls and llama.cpp's
+work differently from one thread, so the emulated run checks the threaded
+ARM kernels too; the answers must not depend on the thread count.
 """
 import argparse
 import concurrent.futures
@@ -41,10 +41,10 @@ FIX = ROOT / "tests" / "fixtures"
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("binary")
-    ap.add_argument("--runner", default="qemu-aarch64 -L /usr/aarch64-linux-gnu",
+    ap.add_argument("--runner", default=str(ROOT / "cross" / "qemu"),
                     help='command prefix ("" to run the binary directly)')
     ap.add_argument("--bundles", default="tiny-a,tiny-b,demo")
-    ap.add_argument("--threads", default="1", help="threads for blipd (default 1: see above)")
+    ap.add_argument("--threads", default="2", help="threads for blipd (default 2)")
     ap.add_argument("--bundle-root", type=Path,
                     help="ask DIR/<bundle> (default: tests/fixtures/<bundle>, models/demo)")
     ap.add_argument("--agreement", action="store_true",
